@@ -1,0 +1,35 @@
+# `make demo` and `make test` work on a fresh machine: both create .venv and install when needed.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST := $(PY) -m pytest -p no:cacheprovider
+
+.PHONY: install demo test test-full lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,sweep,slurm]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)          ## digits teacher, CE-only and KD students over seeds 0,1,2; prints a table
+	$(PY) -m divlab.cli.demo
+
+test: $(STAMP)          ## everything but the runs marked slow
+	$(PYTEST) -m "not slow" -q
+
+test-full: $(STAMP)     ## every test, slow ones included
+	$(PYTEST) -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests scripts
+
+bench: $(STAMP)         ## speed and memory targets; writes outputs/bench/*.json and *.md
+	$(PY) scripts/bench.py
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

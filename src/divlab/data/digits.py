@@ -1,0 +1,63 @@
+"""scikit-learn's embedded 8x8 digits as a LightningDataModule (no download)."""
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch.utils.data import TensorDataset
+
+from divlab.data.loaders import eval_loader, seeded_train_loader
+
+
+def stratified_split(labels: np.ndarray, *, val_fraction: float, test_fraction: float, data_seed: int):
+    """Index arrays (train, val, test), stratified by label and fixed by data_seed."""
+    idx = np.arange(len(labels))
+    rest, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=data_seed)
+    val_of_rest = val_fraction / (1.0 - test_fraction)
+    train, val = train_test_split(rest, test_size=val_of_rest, stratify=labels[rest],
+                                  random_state=data_seed)
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+class DigitsDataModule(pl.LightningDataModule):
+    def __init__(self, *,
+                 batch_size: int = 64,       # per process
+                 val_fraction: float = 0.15, # of all images, stratified
+                 test_fraction: float = 0.25,# of all images, stratified
+                 data_seed: int = 0,         # fixes the split
+                 seed: int = 0,              # fixes the batch order (per epoch)
+                 num_workers: int = 0):
+        super().__init__()
+        for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 < frac < 1.0:
+                raise ValueError(f"data.datamodule.{name} must be in (0, 1), got {frac}")
+        if val_fraction + test_fraction >= 1.0:
+            raise ValueError("data.datamodule.val_fraction + test_fraction must be < 1")
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.val_fraction, self.test_fraction, self.data_seed = val_fraction, test_fraction, data_seed
+        self.num_classes, self.input_shape = 10, (1, 8, 8)
+        self._splits = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits is not None:
+            return
+        digits = load_digits()
+        x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        y = torch.tensor(digits.target, dtype=torch.long)
+        tr, va, te = stratified_split(digits.target, val_fraction=self.val_fraction,
+                                      test_fraction=self.test_fraction, data_seed=self.data_seed)
+        mean, std = x[tr].mean(), x[tr].std()          # normalise with train statistics only
+        x = (x - mean) / std
+        self._splits = {name: TensorDataset(x[i], y[i]) for name, i in
+                        (("train", tr), ("val", va), ("test", te))}
+
+    def train_dataloader(self):
+        return seeded_train_loader(self._splits["train"], batch_size=self.batch_size, seed=self.seed,
+                                   num_workers=self.num_workers, trainer=self.trainer)
+
+    def val_dataloader(self):
+        return eval_loader(self._splits["val"], batch_size=256, num_workers=self.num_workers)
+
+    def test_dataloader(self):
+        return eval_loader(self._splits["test"], batch_size=256, num_workers=self.num_workers)

@@ -1,0 +1,4 @@
+from divlab.tasks.classify import ClassifyTask
+from divlab.tasks.distill import DistillTask
+
+__all__ = ["ClassifyTask", "DistillTask"]

@@ -1,0 +1,53 @@
+"""Knowledge distillation from a frozen teacher with any divergence of the library.
+
+    loss = ce_weight * CE(student, y) + kd_weight * [T^2] * D(softmax(t/T) || softmax(s/T))
+
+(Hinton, Vinyals & Dean 2015, eq. 2 and the T^2 remark under it; D = forward_kl gives Hinton KD.)
+The teacher is held outside the module tree: it is never in the optimiser, never in the
+student's checkpoint, always in eval mode and run under no_grad.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from divlab.tasks.classify import ClassifyTask
+
+
+class DistillTask(ClassifyTask):
+    def __init__(self, *,
+                 model: nn.Module,          # the student
+                 teacher: nn.Module,        # frozen; held outside the module tree
+                 divergence,                # callable (target_logits, model_logits) -> per-row D(P||Q)
+                 temperature: float = 4.0,  # T > 0
+                 ce_weight: float = 1.0,    # weight of CE to the labels
+                 kd_weight: float = 1.0,    # weight of the divergence term
+                 t_squared: bool = True,    # multiply the divergence by T^2
+                 **classify_kwargs):        # optimizer, scheduler, seed (see ClassifyTask)
+        super().__init__(model=model, task_name="distill", **classify_kwargs)
+        teacher.eval().requires_grad_(False)
+        self._teacher = (teacher,)          # a tuple hides it from nn.Module registration
+        self.divergence = divergence
+        self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight
+        self.kd_scale = temperature**2 if t_squared else 1.0
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self._teacher[0]
+
+    def on_fit_start(self) -> None:
+        self.teacher.to(self.device).eval()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        logits = self.model(x)
+        ce = F.cross_entropy(logits, y)
+        kd = self.divergence(teacher_logits / self.temperature, logits / self.temperature).mean()
+        loss = self.ce_weight * ce + self.kd_weight * self.kd_scale * kd
+        n = len(y)
+        self.log("train/ce", ce, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("train/kd", kd, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        return loss

@@ -1,0 +1,119 @@
+"""Teacher provisioning: load a checkpoint, or train once and cache by a hash of the recipe.
+
+`teacher.checkpoint: auto` looks for `<paths.teacher_dir>/<hash>.ckpt`, where the hash covers the
+teacher architecture, the data config and the training recipe. When it is missing, the teacher
+is trained with the classify task under a file lock, so parallel sweep jobs never train it twice.
+An explicit path must be a divlab checkpoint (a cached teacher or a run's `last.ckpt`/best
+checkpoint) and is loaded with `weights_only=True`.
+"""
+
+import functools
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from divlab.errors import ConfigError
+from divlab.utils.hashing import teacher_hash
+from divlab.utils.io import atomic_write_json, read_json
+
+
+def cached_teacher_path(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.teacher_dir) / f"{teacher_hash(cfg)}.ckpt"
+
+
+def read_divlab_checkpoint(path: Path, *, key: str) -> dict:
+    """Load a checkpoint with weights_only=True and check it carries divlab metadata."""
+    if not path.is_file():
+        raise ConfigError(f"{key}={path} does not exist; give an existing checkpoint path "
+                          f"or set {key}=auto to train and cache the model")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # not a torch file, or pickled objects weights_only refuses
+        raise ConfigError(f"{key}={path} cannot be read as a weights-only torch checkpoint "
+                          f"({type(e).__name__}); point {key} at a divlab checkpoint") from None
+    if not isinstance(ckpt, dict) or "divlab" not in ckpt or "state_dict" not in ckpt:
+        raise ConfigError(f"{key}={path} is not a divlab checkpoint (no 'divlab' metadata); point {key} "
+                          f"at a cached teacher (outputs/teachers/*.ckpt) or a divlab run's checkpoint")
+    return ckpt
+
+
+def load_weights(model: nn.Module, ckpt: dict, *, key: str, path: Path) -> None:
+    state = ckpt["state_dict"]
+    if ckpt["divlab"].get("kind") == "lightning":     # a run checkpoint: the network is `model.`
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ConfigError(f"{key}={path} does not fit {key.rsplit('.', 1)[0]}.model "
+                          f"(missing {len(result.missing_keys)} and unexpected "
+                          f"{len(result.unexpected_keys)} tensors); use the architecture it was trained with")
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    return model.eval().requires_grad_(False)
+
+
+def provision_teacher(cfg: DictConfig) -> nn.Module:
+    """The frozen teacher network for cfg, loaded or trained-and-cached."""
+    model = instantiate(cfg.teacher.model)
+    ckpt_setting = cfg.teacher.checkpoint
+    if ckpt_setting in (None, "auto"):
+        path = cached_teacher_path(cfg)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if not path.exists():
+                train_teacher(cfg, path)
+    else:
+        path = Path(str(ckpt_setting))
+    ckpt = read_divlab_checkpoint(path, key="teacher.checkpoint")
+    load_weights(model, ckpt, key="teacher.checkpoint", path=path)
+    return freeze(model)
+
+
+def teacher_record(cfg: DictConfig) -> dict | None:
+    """Metrics of the cached teacher for cfg, or None when it is not cached."""
+    sidecar = cached_teacher_path(cfg).with_suffix(".json")
+    return read_json(sidecar) if sidecar.exists() else None
+
+
+def train_teacher(cfg: DictConfig, path: Path) -> None:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from divlab.tasks import ClassifyTask
+
+    recipe = cfg.teacher.train
+    print(f"training the teacher once ({recipe.max_epochs} epochs); it is cached as {path}", flush=True)
+    start = time.time()
+    pl.seed_everything(recipe.seed, workers=True, verbose=False)
+    model = instantiate(cfg.teacher.model)
+    datamodule = instantiate(cfg.data.datamodule, seed=recipe.seed)
+    scheduler = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=recipe.max_epochs)
+    task = ClassifyTask(model=model, optimizer=instantiate(recipe.optimizer), scheduler=scheduler,
+                        seed=recipe.seed, task_name="teacher")
+    progress = cfg.trainer.get("enable_progress_bar", True)
+    trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, max_epochs=recipe.max_epochs,
+                         logger=False, enable_checkpointing=False, deterministic=True,
+                         num_sanity_val_steps=0, enable_model_summary=False,
+                         enable_progress_bar=progress, callbacks=[RichProgressBar()] if progress else [])
+    trainer.fit(task, datamodule=datamodule)
+    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "best/"))}
+    test = trainer.test(task, datamodule=datamodule, verbose=False)[0]
+    metrics = {**val, **{k: float(v) for k, v in test.items()}}
+    meta = {"format": 1, "kind": "teacher", "num_classes": int(model.num_classes), "hash": path.stem,
+            "metrics": metrics}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save({"divlab": meta, "state_dict": model.state_dict()}, tmp)
+    os.replace(tmp, path)
+    atomic_write_json(path.with_suffix(".json"), {
+        "metrics": metrics, "wall_time_s": round(time.time() - start, 2), "hash": path.stem,
+        "teacher": OmegaConf.to_container(cfg.teacher, resolve=True),
+        "data": OmegaConf.to_container(cfg.data, resolve=True)})
+    print(f"teacher trained: test/acc={metrics.get('test/acc', float('nan')):.4f}", flush=True)

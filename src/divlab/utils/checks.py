@@ -1,0 +1,70 @@
+"""Checks that run before anything trains: bad input fails here, in one sentence naming the key."""
+
+from numbers import Real
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from divlab.errors import ConfigError
+
+# Strategies whose launcher re-executes the command line in every rank (Lightning's subprocess
+# launcher). Under Hydra multirun each rank would then re-run the whole sweep.
+SPAWN_SAFE = ("ddp_spawn", "ddp_fork", "ddp_notebook", "single_device", "auto")
+
+
+def hydra_mode() -> tuple[bool, str]:
+    """(is multirun, launcher target) of the current Hydra job; (False, '') outside Hydra."""
+    if not HydraConfig.initialized():
+        return False, ""
+    hc = HydraConfig.get()
+    return str(hc.mode) == "RunMode.MULTIRUN", str(hc.launcher.get("_target_", ""))
+
+
+def check_strategy_under_multirun(cfg: DictConfig) -> None:
+    multirun, launcher = hydra_mode()
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    if not multirun or "slurm" in launcher.lower():   # SLURM starts one task per rank itself
+        return
+    if not strategy.startswith(SPAWN_SAFE):
+        raise ConfigError(
+            f"trainer.strategy={strategy} cannot run under Hydra multirun (-m): every rank would re-run "
+            f"the sweep; use trainer=ddp_sim (ddp_spawn), trainer.strategy=ddp_spawn, or launcher=slurm")
+
+
+def check_number(cfg: DictConfig, key: str, *, low: float, strict: bool) -> None:
+    value = cfg
+    for part in key.split("."):
+        value = value[part]
+    ok = isinstance(value, Real) and not isinstance(value, bool) and (value > low if strict else value >= low)
+    if not ok:
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise ConfigError(f"{key} must be a number {bound}, got {value!r}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fast checks on values alone (no model built, nothing written)."""
+    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {cfg.seed!r}")
+    check_number(cfg, "trainer.max_epochs", low=1, strict=False)
+    check_strategy_under_multirun(cfg)
+    if not cfg.task.get("uses_teacher", False):
+        return
+    check_number(cfg, "distill.temperature", low=0.0, strict=True)
+    check_number(cfg, "distill.ce_weight", low=0.0, strict=False)
+    check_number(cfg, "distill.kd_weight", low=0.0, strict=False)
+    from divlab.divergences import available
+
+    name = cfg.divergence.get("name")
+    if name not in available():
+        raise ConfigError(f"divergence.name={name!r} is not a known divergence; choose one of: "
+                          f"{', '.join(available())}")
+
+
+def check_models_agree(*, data_classes: int, student, teacher=None) -> None:
+    """Teacher, student and data must agree on the number of classes."""
+    if student.num_classes != data_classes:
+        raise ConfigError(f"student.model has {student.num_classes} classes but the data has {data_classes}; "
+                          f"set student.model.num_classes={data_classes}")
+    if teacher is not None and teacher.num_classes != student.num_classes:
+        raise ConfigError(f"teacher.model has {teacher.num_classes} classes but student.model has "
+                          f"{student.num_classes}; set teacher.model.num_classes to match")

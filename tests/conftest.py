@@ -1,0 +1,57 @@
+"""Shared fixtures: Hydra compose (GlobalHydra cleared around each use) and a CLI runner."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory) -> Path:
+    """One teacher cache for the session: each teacher recipe is trained once per test run."""
+    return tmp_path_factory.mktemp("teachers")
+
+
+@pytest.fixture
+def outputs(tmp_path) -> Path:
+    return tmp_path / "outputs"
+
+
+@pytest.fixture
+def base_overrides(outputs, teacher_dir) -> list[str]:
+    return [f"paths.output_root={outputs}", f"paths.teacher_dir={teacher_dir}", "print_config=false",
+            "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture
+def compose_cfg(base_overrides):
+    """compose_cfg(*overrides, fast=True, hydra=False) -> DictConfig, like the CLI would build it."""
+
+    def _compose(*overrides: str, fast: bool = True, hydra: bool = False):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            extra = ["debug=fast"] if fast else []
+            return compose("train", overrides=[*base_overrides, *extra, *overrides],
+                           return_hydra_config=hydra)
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def run_cli(tmp_path, base_overrides):
+    """run_cli(*args) runs `python -m divlab ...` in tmp_path with the test's output paths."""
+
+    def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+        return subprocess.run([sys.executable, "-m", "divlab", *args, *base_overrides], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=timeout)
+
+    return _run

@@ -1,0 +1,68 @@
+"""Every option of every config group composes and instantiates."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import open_dict
+
+from divlab.runner import build_callbacks
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+GROUPS = ("task", "data", "teacher", "student", "divergence", "trainer", "logger", "callbacks", "paths",
+          "experiment", "debug", "hparams_search", "launcher")
+
+
+def options(group: str) -> list[str]:
+    return sorted(str(p.relative_to(CONF / group).with_suffix("")) for p in (CONF / group).rglob("*.yaml"))
+
+
+CASES = [(g, o) for g in GROUPS for o in options(g)]
+
+
+def test_every_group_has_options():
+    for group in GROUPS:
+        assert options(group), f"conf/{group}/ has no options"
+
+
+def instantiate_parts(cfg, tmp_path: Path) -> None:
+    with open_dict(cfg):
+        cfg.run_dir = str(tmp_path / "run")
+    dm = instantiate(cfg.data.datamodule, seed=cfg.seed)
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    assert tuple(x.shape[1:]) == tuple(cfg.data.input_shape)
+    student = instantiate(cfg.student.model)
+    assert student(x).shape == (len(x), cfg.data.num_classes)
+    if cfg.task.uses_teacher:
+        teacher = instantiate(cfg.teacher.model)
+        assert teacher(x).shape == (len(x), cfg.data.num_classes)
+        assert cfg.teacher.checkpoint == "auto" or Path(cfg.teacher.checkpoint).suffix == ".ckpt"
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c]
+    callbacks = build_callbacks(cfg)
+    assert all(hasattr(c, "on_train_start") for c in callbacks)
+    if cfg.trainer.accelerator == "cpu":
+        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+        assert trainer.max_epochs == cfg.trainer.max_epochs
+    else:  # GPU presets: the same keys build a Trainer; here there is no GPU to take them
+        assert not torch.cuda.is_available() or pytest.skip("a GPU is present")
+        with pytest.raises(Exception, match="(?i)not available|gpu backend|CUDA"):
+            instantiate(cfg.trainer, logger=False, callbacks=[])
+
+
+@pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
+def test_option_composes_and_instantiates(compose_cfg, tmp_path, group, option):
+    cfg = compose_cfg(f"{group}={option}", fast=False, hydra=group in ("hparams_search", "launcher"))
+    if group in ("hparams_search", "launcher"):
+        part = cfg.hydra.sweeper if group == "hparams_search" else cfg.hydra.launcher
+        assert get_class(part._target_) is not None
+        if group == "hparams_search":
+            assert cfg.optimized_metric and set(part.params) <= {"distill.temperature", "distill.kd_weight"}
+        with open_dict(cfg):
+            del cfg.hydra
+    if group == "divergence":
+        d = instantiate(cfg.divergence)
+        assert callable(d) and cfg.divergence.name == option
+    instantiate_parts(cfg, tmp_path)
