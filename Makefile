@@ -5,12 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install demo test test-full lint bench clean
+.PHONY: install demo test test-full lint bench clean data-fashion
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,sweep,slurm]'
+	$(PY) -m pip install -q -e '.[test,sweep,slurm,data]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)         ## speed and memory targets; writes outputs/bench/*.json and *.md
 	$(PY) scripts/bench.py
+
+data-fashion:           ## Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist) from Debian
+	@test -d /usr/share/datasets/fashion-mnist || \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache .hypothesis

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from divlab.errors import ConfigError
-from divlab.utils.checks import check_config, check_models_agree
+from divlab.utils.checks import build, check_config, check_models_agree
 from divlab.utils.hashing import run_config_hash
 from divlab.utils.io import atomic_write_json, atomic_write_text, read_json
 
@@ -112,6 +112,25 @@ def finish_loggers(loggers: list) -> None:
             wandb.finish()
 
 
+def build_teacher_and_divergence(cfg: DictConfig, student) -> tuple:
+    """The divergence and the frozen teacher (loaded, or trained once and cached) of a distill run."""
+    try:
+        divergence = build(cfg.divergence)
+    except ConfigError as e:
+        raise ConfigError(f"bad divergence.* setting: {e}") from None
+    if getattr(divergence, "kind", "categorical") == "samples":
+        raise ConfigError(f"divergence={cfg.divergence.name} compares sets of samples, but the distill task "
+                          f"needs a divergence between teacher and student class distributions; "
+                          f"choose e.g. divergence=forward_kl")
+    if hasattr(divergence, "temperature"):
+        say(f"divergence={cfg.divergence.name} applies its own temperature (divergence.temperature="
+            f"{divergence.temperature}); distill.temperature and distill.t_squared are not used")
+    check_models_agree(data_classes=cfg.data.num_classes, student=student, teacher=build(cfg.teacher.model))
+    from divlab.teacher import provision_teacher
+
+    return provision_teacher(cfg), divergence
+
+
 def run(cfg: DictConfig, *, extra_callbacks=()) -> dict:
     """Train and test one config; returns the metrics.json record."""
     import lightning.pytorch as pl
@@ -129,20 +148,10 @@ def run(cfg: DictConfig, *, extra_callbacks=()) -> dict:
         return record
 
     # Build everything that can fail on bad input before anything is written or deleted.
-    datamodule = instantiate(cfg.data.datamodule, seed=cfg.seed)
+    datamodule = build(cfg.data.datamodule, seed=cfg.seed)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    student = instantiate(cfg.student.model)
-    teacher = divergence = None
-    if cfg.task.get("uses_teacher", False):
-        try:
-            divergence = instantiate(cfg.divergence)
-        except Exception as e:
-            raise ConfigError(f"divergence ({cfg.divergence.name}): {e}") from None
-        check_models_agree(data_classes=cfg.data.num_classes, student=student,
-                           teacher=instantiate(cfg.teacher.model))
-        from divlab.teacher import provision_teacher
-
-        teacher = provision_teacher(cfg)
+    student = build(cfg.student.model)
+    teacher, divergence = build_teacher_and_divergence(cfg, student) if cfg.task.uses_teacher else (None, None)
     check_models_agree(data_classes=cfg.data.num_classes, student=student)
     last = run_dir / "checkpoints" / "last.ckpt"
     if cfg.rerun and run_dir.exists():

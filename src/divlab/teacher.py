@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from divlab.errors import ConfigError
+from divlab.utils.checks import build
 from divlab.utils.hashing import teacher_hash
 from divlab.utils.io import atomic_write_json, read_json
 
@@ -93,7 +94,7 @@ def train_teacher(cfg: DictConfig, path: Path) -> None:
     start = time.time()
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     model = instantiate(cfg.teacher.model)
-    datamodule = instantiate(cfg.data.datamodule, seed=recipe.seed)
+    datamodule = build(cfg.data.datamodule, seed=recipe.seed)
     scheduler = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=recipe.max_epochs)
     task = ClassifyTask(model=model, optimizer=instantiate(recipe.optimizer), scheduler=scheduler,
                         seed=recipe.seed, task_name="teacher")

@@ -1,6 +1,8 @@
 """Short classify/distill runs in-process: run directories, teacher cache, resume, reruns."""
 
 import json
+import math
+import os
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,41 @@ def test_rerun_true_trains_again(compose_cfg):
     second = run(compose_cfg("experiment=kd/digits_ce", "rerun=true"))
     assert second["run_dir"] == first["run_dir"] and second["finished_at"] >= first["finished_at"]
     assert second["metrics"] == first["metrics"]   # deterministic on CPU
+
+
+def test_loggers_write_inside_the_run_directory(compose_cfg, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    for seed, (logger, folder) in enumerate((("tensorboard", "tensorboard"), ("wandb", "wandb"))):
+        record = run(compose_cfg("experiment=kd/digits_ce", f"logger={logger}", f"seed={seed}"))
+        run_dir = Path(record["run_dir"])
+        assert (run_dir / folder).is_dir(), f"logger={logger} wrote nothing under {run_dir}"
+    import wandb
+
+    assert wandb.run is None                      # wandb.finish() was called
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert not (tmp_path / "wandb").exists()
+
+
+@pytest.mark.parametrize("name", ["hinton_kd", "dkd", "pld", "sinkd", "js"])
+def test_distill_with_library_losses(compose_cfg, name):
+    """Label-taking (dkd, pld) and own-temperature (hinton_kd, dkd, sinkd) losses plug into distill."""
+    record = run(compose_cfg("experiment=kd/digits", f"divergence={name}"))
+    assert 0.0 <= record["metrics"]["test/acc"] <= 1.0 and math.isfinite(record["metrics"]["train/kd"])
+
+
+def test_own_temperature_is_not_applied_twice(compose_cfg):
+    from hydra.utils import instantiate
+
+    from divlab.tasks import DistillTask
+
+    cfg = compose_cfg("experiment=kd/digits", "divergence=hinton_kd", "distill.temperature=3")
+    student = instantiate(cfg.student.model)
+    task = DistillTask(model=student, teacher=instantiate(cfg.teacher.model),
+                       divergence=instantiate(cfg.divergence), temperature=3.0, optimizer=None)
+    assert task.temperature == 1.0 and task.kd_scale == 1.0
+    plain = DistillTask(model=student, teacher=instantiate(cfg.teacher.model),
+                        divergence=instantiate(compose_cfg("divergence=forward_kl").divergence),
+                        temperature=3.0, optimizer=None)
+    assert plain.temperature == 3.0 and plain.kd_scale == 9.0

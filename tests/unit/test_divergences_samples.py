@@ -119,6 +119,16 @@ def test_batched_sinkhorn_matches_pot_per_problem(eps):
     np.testing.assert_allclose(values32.double().numpy(), refs, rtol=1e-5)
 
 
+def test_batched_sinkhorn_matrix_product_path_matches_pot():
+    """Problems with N * M >= 4096 use batched matrix products instead of multiply-and-sum."""
+    g = torch.Generator().manual_seed(28)
+    x, y = torch.rand(2, 70, 2, generator=g, dtype=torch.float64), torch.rand(2, 64, 2, generator=g, dtype=torch.float64)
+    cost = torch.cdist(x, y) ** 2
+    values, _ = sinkhorn_cost(cost, epsilon=0.01, iterations=150)
+    refs = np.array([_pot_sinkhorn2(cost[i].numpy(), 0.01, 150) for i in range(2)])
+    np.testing.assert_allclose(values.numpy(), refs, rtol=1e-9)
+
+
 def test_sinkhorn_small_epsilon_approaches_exact_ot():
     x, y = _gauss(6, 2, seed=16), _gauss(6, 2, mean=1.0, seed=17)
     cost = (torch.cdist(x, y) ** 2).numpy()

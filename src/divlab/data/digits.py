@@ -7,7 +7,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
-from divlab.data.loaders import eval_loader, seeded_train_loader
+from divlab.data.loaders import test_split_loader, train_split_loader, val_split_loader
+from divlab.errors import ConfigError
 
 
 def stratified_split(labels: np.ndarray, *, val_fraction: float, test_fraction: float, data_seed: int):
@@ -31,12 +32,13 @@ class DigitsDataModule(pl.LightningDataModule):
         super().__init__()
         for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 < frac < 1.0:
-                raise ValueError(f"data.datamodule.{name} must be in (0, 1), got {frac}")
+                raise ConfigError(f"data.datamodule.{name} must be in (0, 1), got {frac}")
         if val_fraction + test_fraction >= 1.0:
-            raise ValueError("data.datamodule.val_fraction + test_fraction must be < 1")
+            raise ConfigError("data.datamodule.val_fraction + test_fraction must be < 1")
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.val_fraction, self.test_fraction, self.data_seed = val_fraction, test_fraction, data_seed
         self.num_classes, self.input_shape = 10, (1, 8, 8)
+        self.augmented = False   # fixed images: a teacher's logits on them could be cached
         self._splits = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -52,12 +54,6 @@ class DigitsDataModule(pl.LightningDataModule):
         self._splits = {name: TensorDataset(x[i], y[i]) for name, i in
                         (("train", tr), ("val", va), ("test", te))}
 
-    def train_dataloader(self):
-        return seeded_train_loader(self._splits["train"], batch_size=self.batch_size, seed=self.seed,
-                                   num_workers=self.num_workers, trainer=self.trainer)
-
-    def val_dataloader(self):
-        return eval_loader(self._splits["val"], batch_size=256, num_workers=self.num_workers)
-
-    def test_dataloader(self):
-        return eval_loader(self._splits["test"], batch_size=256, num_workers=self.num_workers)
+    train_dataloader = train_split_loader
+    val_dataloader = val_split_loader
+    test_dataloader = test_split_loader

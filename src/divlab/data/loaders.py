@@ -21,3 +21,18 @@ def seeded_train_loader(dataset: Dataset, *, batch_size: int, seed: int, num_wor
 def eval_loader(dataset: Dataset, *, batch_size: int, num_workers: int = 0) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       persistent_workers=num_workers > 0)
+
+
+# Loader methods of the data modules that keep their datasets in `self._splits` (train/val/test);
+# a module takes them in its class body: `train_dataloader = train_split_loader`.
+def train_split_loader(dm) -> DataLoader:
+    return seeded_train_loader(dm._splits["train"], batch_size=dm.batch_size, seed=dm.seed,
+                               num_workers=dm.num_workers, trainer=dm.trainer)
+
+
+def val_split_loader(dm) -> DataLoader:
+    return eval_loader(dm._splits["val"], batch_size=256, num_workers=dm.num_workers)
+
+
+def test_split_loader(dm) -> DataLoader:
+    return eval_loader(dm._splits["test"], batch_size=256, num_workers=dm.num_workers)

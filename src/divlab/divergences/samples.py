@@ -2,7 +2,7 @@
 (N, D) / (M, D) tensors ((N,) means D = 1; a leading batch dim (B, N, D) gives B values).
 They serve as diffusion metrics and regularisers; half precision is computed in float32.
 
-- mmd: unbiased MMD^2 with a sum of RBF kernels (Gretton et al. 2012, Lemma 6).
+- mmd: unbiased MMD^2 with a sum of RBF kernels (Gretton et al. 2012).
 - energy_distance: 2 E|X-Y| - E|X-X'| - E|Y-Y'| (Szekely & Rizzo 2013), U- or V-statistic.
 - sliced_wasserstein: mean over random directions of the exact 1-D W_p^p (Bonneel et al. 2015).
 - cauchy_schwarz: -log (<p,q>^2 / (<p,p><q,q>)) with Parzen (Gaussian kernel) estimates (Principe 2000).

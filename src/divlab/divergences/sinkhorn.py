@@ -5,7 +5,8 @@ K = exp(-C / epsilon) and POT's start u = 1/N) on a batch of problems at once. I
 potentials (alpha, beta) and a stabilised kernel K~ = exp(alpha_i + beta_j - C_ij / epsilon);
 each iteration is a cheap scaling step on K~, and whenever a scaling leaves [e^-30, e^30] (or
 under/overflows) the scalings are absorbed into the potentials and that iteration is redone in
-the log domain (logsumexp). The iterates are therefore those of the log-domain algorithm,
+the log domain (logsumexp); the first iteration is a log-domain one too when some row or
+column of exp(-C / epsilon) is tiny. The iterates are therefore those of the log-domain algorithm,
 and equal POT's `ot.sinkhorn` iterate for iterate, at the cost of matrix-vector products.
 """
 
@@ -20,6 +21,8 @@ from .base import check_int, check_range
 from .registry import register
 
 _ABSORB = 30.0  # |log u|, |log v| above this: fold the scalings into the potentials
+_WELL_SCALED = 1e-8  # smallest row / column maximum of the starting kernel that needs no log-domain start
+_SMALL = 4096  # N * M below this: products as multiply-and-sum (batched matmul of tiny matrices is slow on CPUs)
 
 
 def _uniform_log(shape, like: torch.Tensor) -> torch.Tensor:
@@ -41,25 +44,39 @@ def sinkhorn_solve(cost: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor,
         alpha = log_a - torch.logsumexp(log_k + beta.unsqueeze(-2), dim=-1)
         return alpha, beta
 
+    small = cost.shape[-1] * cost.shape[-2] < _SMALL
+
     def kernel(alpha, beta):
         # entries below sqrt(tiny) are flushed to 0: they change no sum, and denormal
         # floats would slow the matrix products ~10x on CPUs
         kern = torch.exp(log_k + alpha.unsqueeze(-1) + beta.unsqueeze(-2))
         kern = torch.where(kern < math.sqrt(torch.finfo(kern.dtype).tiny), torch.zeros_like(kern), kern)
-        return kern, kern.transpose(-1, -2).contiguous()
+        return kern, (None if small else kern.transpose(-1, -2).contiguous())
+
+    def kt_u(u):  # K~^T u; as a row-vector product, the fast form on CPUs
+        return (u.unsqueeze(-1) * kern).sum(-2) if small else (u.unsqueeze(-2) @ kern).squeeze(-2)
+
+    def k_v(v):  # K~ v
+        return (kern * v.unsqueeze(-2)).sum(-1) if small else (v.unsqueeze(-2) @ kern_t).squeeze(-2)
 
     def scalings_ok(u, v):
         bound = torch.maximum(torch.log(u).detach().abs().max(), torch.log(v).detach().abs().max())
         return bool(torch.isfinite(bound)) and float(bound) < _ABSORB
 
-    alpha, beta = log_step(alpha, beta)  # the first iteration in the log domain: K~ is then well scaled
     kern, kern_t = kernel(alpha, beta)
+    done = 0
+    if float(torch.minimum(kern.detach().amax(-1).min(), kern.detach().amax(-2).min())) < _WELL_SCALED:
+        # some row or column of exp(-C / eps) is tiny: run the first iteration in the log
+        # domain, after which every row of K~ sums to a_i and the scaling steps are safe
+        alpha, beta = log_step(alpha, beta)
+        kern, kern_t = kernel(alpha, beta)
+        done = 1
     ones_a, ones_b = torch.ones_like(a), torch.ones_like(b)
-    u, v, done = ones_a, ones_b, 1
+    u, v = ones_a, ones_b
     good, every = (u, v, done), 1  # last checked state; check interval (doubles up to 16 while all is well)
     while done < iterations:
-        v = b / (u.unsqueeze(-2) @ kern).squeeze(-2)  # K~^T u as a row-vector product (fast on CPU)
-        u = a / (v.unsqueeze(-2) @ kern_t).squeeze(-2)  # K~ v
+        v = b / kt_u(u)
+        u = a / k_v(v)
         done += 1
         if done - good[2] < every and done < iterations:
             continue

@@ -3,6 +3,8 @@
     loss = ce_weight * CE(student, y) + kd_weight * [T^2] * D(softmax(t/T) || softmax(s/T))
 
 (Hinton, Vinyals & Dean 2015, eq. 2 and the T^2 remark under it; D = forward_kl gives Hinton KD.)
+Losses that apply a temperature of their own (hinton_kd, dkd, ofa, sinkd: `divergence.temperature`)
+get the raw logits and no T^2 factor from the task, so nothing is scaled twice.
 The teacher is held outside the module tree: it is never in the optimiser, never in the
 student's checkpoint, always in eval mode and run under no_grad.
 """
@@ -28,8 +30,11 @@ class DistillTask(ClassifyTask):
         teacher.eval().requires_grad_(False)
         self._teacher = (teacher,)          # a tuple hides it from nn.Module registration
         self.divergence = divergence
-        self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight
-        self.kd_scale = temperature**2 if t_squared else 1.0
+        self.divergence_needs_labels = getattr(divergence, "needs_labels", False)   # dkd, pld, ofa
+        own_temperature = hasattr(divergence, "temperature")
+        self.temperature = 1.0 if own_temperature else temperature
+        self.kd_scale = temperature**2 if t_squared and not own_temperature else 1.0
+        self.ce_weight, self.kd_weight = ce_weight, kd_weight
 
     @property
     def teacher(self) -> nn.Module:
@@ -44,10 +49,9 @@ class DistillTask(ClassifyTask):
             teacher_logits = self.teacher(x)
         logits = self.model(x)
         ce = F.cross_entropy(logits, y)
-        kd = self.divergence(teacher_logits / self.temperature, logits / self.temperature).mean()
+        extra = {"labels": y} if self.divergence_needs_labels else {}
+        kd = self.divergence(teacher_logits / self.temperature, logits / self.temperature, **extra).mean()
         loss = self.ce_weight * ce + self.kd_weight * self.kd_scale * kd
-        n = len(y)
-        self.log("train/ce", ce, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
-        self.log("train/kd", kd, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        for name, value in (("ce", ce), ("kd", kd), ("loss", loss)):
+            self.track(name, value, len(y))
         return loss

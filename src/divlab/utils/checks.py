@@ -3,13 +3,38 @@
 from numbers import Real
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from divlab.errors import ConfigError
 
 # Strategies whose launcher re-executes the command line in every rank (Lightning's subprocess
 # launcher). Under Hydra multirun each rank would then re-run the whole sweep.
 SPAWN_SAFE = ("ddp_spawn", "ddp_fork", "ddp_notebook", "single_device", "auto")
+
+
+def build(spec, **kwargs):
+    """hydra.utils.instantiate, letting a constructor's one-sentence ConfigError through unwrapped."""
+    try:
+        return instantiate(spec, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        raise
+
+
+def missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted keys left as ??? (without resolving interpolations, which would raise on them)."""
+    found = []
+    for key in cfg.keys():
+        if key == "hydra":
+            continue
+        if OmegaConf.is_missing(cfg, key):
+            found.append(f"{prefix}{key}")
+        elif not OmegaConf.is_interpolation(cfg, key) and isinstance(cfg[key], DictConfig):
+            found += missing_keys(cfg[key], f"{prefix}{key}.")
+    return sorted(found)
 
 
 def hydra_mode() -> tuple[bool, str]:
@@ -43,6 +68,10 @@ def check_number(cfg: DictConfig, key: str, *, low: float, strict: bool) -> None
 
 def check_config(cfg: DictConfig) -> None:
     """Fast checks on values alone (no model built, nothing written)."""
+    missing = missing_keys(cfg)
+    if missing:
+        raise ConfigError(f"{missing[0]} must be set on the command line (e.g. {missing[0]}=...); "
+                          f"the config leaves it as ???")
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {cfg.seed!r}")
     check_number(cfg, "trainer.max_epochs", low=1, strict=False)

@@ -1,0 +1,147 @@
+"""CIFAR-10 and CIFAR-100 through torchvision's own dataset classes.
+
+Train images get the standard augmentation of the KD literature (RandomCrop(32, padding=4) and a
+horizontal flip), every split the usual per-channel normalisation. Validation: `val_size=0` (the
+default) validates on the test set, as mdistiller and RepDistiller do (they report the best test
+epoch); `val_size=N` holds out N training images, stratified by a data seed, seen without
+augmentation. Nothing is downloaded unless `download=true`; the download runs in `prepare_data`
+(rank 0 only under DDP).
+
+`check_integrity=false` skips torchvision's md5 check of each file (torchvision still requires the
+files to exist): for files written in the CIFAR format by tests or converted by hand.
+"""
+
+import pickle
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+from torchvision.datasets import CIFAR10, CIFAR100
+
+from divlab.data.fashion_mnist import check_val_size, holdout_split
+from divlab.data.loaders import test_split_loader, train_split_loader, val_split_loader
+from divlab.errors import ConfigError
+
+
+class TransformedSubset(Dataset):
+    """`dataset[indices[i]]` with `transform` applied to the image: one loaded data set, two views."""
+
+    def __init__(self, dataset: Dataset, indices, transform):
+        self.dataset, self.indices, self.transform = dataset, np.asarray(indices), transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        image, label = self.dataset[int(self.indices[i])]
+        return self.transform(image), label
+
+
+def unchecked(cls: type[CIFAR10]) -> type[CIFAR10]:
+    """`cls` with the md5 sums removed from its file lists: files must exist, their contents are not hashed."""
+    return type(f"Unchecked{cls.__name__}", (cls,), {
+        "train_list": [[name, None] for name, _ in cls.train_list],
+        "test_list": [[name, None] for name, _ in cls.test_list],
+        "meta": {**cls.meta, "md5": None}})
+
+
+# Module-level names equal to the class names, so that spawned loader workers can unpickle them.
+UncheckedCIFAR10, UncheckedCIFAR100 = unchecked(CIFAR10), unchecked(CIFAR100)
+UNCHECKED = {CIFAR10: UncheckedCIFAR10, CIFAR100: UncheckedCIFAR100}
+
+
+class CIFARDataModule(pl.LightningDataModule):
+    """Shared body of CIFAR10DataModule and CIFAR100DataModule (which set the class attributes)."""
+
+    dataset_class: type[CIFAR10] = CIFAR10
+    title, num_classes, approx_mb = "CIFAR-10", 10, 160
+    mean: tuple[float, ...] = (0.4914, 0.4822, 0.4465)
+    std: tuple[float, ...] = (0.2470, 0.2435, 0.2616)
+
+    def __init__(self, *,
+                 root: str = "data",            # folder holding cifar-10-batches-py/ or cifar-100-python/
+                 download: bool = False,        # true: download into root when the files are not there
+                 check_integrity: bool = True,  # false: skip torchvision's md5 check (hand-made files)
+                 augment: bool = True,          # train: RandomCrop(32, padding=4) + horizontal flip
+                 val_size: int = 0,             # train images held out for validation; 0: validate on test
+                 data_seed: int = 0,            # fixes the hold-out (not the batch order)
+                 batch_size: int = 64,          # per process
+                 seed: int = 0,                 # fixes the batch order (per epoch)
+                 num_workers: int = 0):
+        super().__init__()
+        self.root, self.download, self.check_integrity = Path(root), download, check_integrity
+        self.augmented, self.val_size, self.data_seed = augment, check_val_size(val_size), data_seed
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.input_shape = (3, 32, 32)
+        self.folder = self.root / self.dataset_class.base_folder
+        if not download and not self.folder.is_dir():
+            raise ConfigError(self._missing("no such folder"))
+        normalise = [T.ToTensor(), T.Normalize(self.mean, self.std)]
+        self.eval_transform = T.Compose(normalise)
+        self.train_transform = T.Compose(
+            [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *normalise] if augment else normalise)
+        self._splits = None
+
+    def _missing(self, problem: str) -> str:
+        return (f"{self.title} not found under {self.folder} ({problem}): set data.datamodule.root to the "
+                f"folder that holds {self.dataset_class.base_folder}/, or data.datamodule.download=true to "
+                f"download it (about {self.approx_mb} MB).")
+
+    def _dataset(self, *, train: bool, download: bool = False):
+        cls = self.dataset_class if self.check_integrity else UNCHECKED[self.dataset_class]
+        try:
+            return cls(str(self.root), train=train, download=download)
+        except (RuntimeError, OSError) as err:    # torchvision's "not found or corrupted", or no network
+            if download:
+                raise ConfigError(f"Downloading {self.title} into {self.root} failed ({err}); download "
+                                  f"{self.dataset_class.url} by hand and unpack it there.") from None
+            if isinstance(err, RuntimeError):
+                problem = "a file is missing or fails its md5 check" if self.check_integrity else "a file is missing"
+                raise ConfigError(self._missing(problem)) from None
+            raise ConfigError(f"{self.title} files under {self.folder} cannot be read ({err}); point "
+                              f"data.datamodule.root at a good copy.") from None
+        except (EOFError, pickle.UnpicklingError, ValueError, KeyError, TypeError, AttributeError,
+                IndexError) as err:                # a damaged or hand-made file torchvision cannot parse
+            raise ConfigError(f"{self.title} files under {self.folder} cannot be read ({type(err).__name__}: "
+                              f"{err}); delete them and set data.datamodule.download=true, or point "
+                              f"data.datamodule.root at a good copy.") from None
+
+    def prepare_data(self) -> None:
+        if self.download:
+            self._dataset(train=True, download=True)
+            self._dataset(train=False, download=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits is not None:
+            return
+        if self.download and self.trainer is None:   # used outside a Trainer, which calls prepare_data itself
+            self.prepare_data()
+        train, test = self._dataset(train=True), self._dataset(train=False)
+        if (found := len(train.classes)) != self.num_classes:
+            raise ConfigError(f"{self.folder} has {found} classes where {self.title} has {self.num_classes}; "
+                              f"point data.datamodule.root at a {self.title} copy.")
+        tr, va = holdout_split(np.asarray(train.targets), val_size=self.val_size, data_seed=self.data_seed)
+        test_view = TransformedSubset(test, np.arange(len(test)), self.eval_transform)
+        self.classes = list(train.classes)
+        self._splits = {"train": TransformedSubset(train, tr, self.train_transform),
+                        "val": TransformedSubset(train, va, self.eval_transform) if len(va) else test_view,
+                        "test": test_view}
+
+    train_dataloader = train_split_loader
+    val_dataloader = val_split_loader
+    test_dataloader = test_split_loader
+
+
+class CIFAR10DataModule(CIFARDataModule):
+    """CIFAR-10 (50k train, 10k test, 32x32 RGB, 10 classes)."""
+
+
+class CIFAR100DataModule(CIFARDataModule):
+    """CIFAR-100 (50k train, 10k test, 32x32 RGB, 100 fine classes); mean/std as in RepDistiller/mdistiller."""
+
+    dataset_class = CIFAR100
+    title, num_classes, approx_mb = "CIFAR-100", 100, 160
+    mean = (0.5071, 0.4867, 0.4408)
+    std = (0.2675, 0.2565, 0.2761)
