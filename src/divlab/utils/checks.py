@@ -9,9 +9,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from divlab.errors import ConfigError
 
-# Strategies whose launcher re-executes the command line in every rank (Lightning's subprocess
-# launcher). Under Hydra multirun each rank would then re-run the whole sweep.
-SPAWN_SAFE = ("ddp_spawn", "ddp_fork", "ddp_notebook", "single_device", "auto")
+# Strategies that start their ranks from inside the process (safe under Hydra multirun). The
+# others (ddp, fsdp, deepspeed, and "auto" on several devices, which picks ddp) re-execute the
+# command line in every rank, so each rank would re-run the whole sweep.
+SPAWN_SAFE = ("ddp_spawn", "ddp_fork", "ddp_notebook", "single_device")
 
 
 def build(spec, **kwargs):
@@ -48,9 +49,10 @@ def hydra_mode() -> tuple[bool, str]:
 def check_strategy_under_multirun(cfg: DictConfig) -> None:
     multirun, launcher = hydra_mode()
     strategy = str(cfg.trainer.get("strategy", "auto"))
+    one_process = str(cfg.trainer.get("devices", 1)) == "1" and int(cfg.trainer.get("num_nodes", 1)) == 1
     if not multirun or "slurm" in launcher.lower():   # SLURM starts one task per rank itself
         return
-    if not strategy.startswith(SPAWN_SAFE):
+    if not (strategy.startswith(SPAWN_SAFE) or (strategy in ("auto", "None") and one_process)):
         raise ConfigError(
             f"trainer.strategy={strategy} cannot run under Hydra multirun (-m): every rank would re-run "
             f"the sweep; use trainer=ddp_sim (ddp_spawn), trainer.strategy=ddp_spawn, or launcher=slurm")

@@ -1,0 +1,304 @@
+"""A table's cells (mean ± std over seeds, published value, difference from a baseline row) as
+Markdown, CSV, LaTeX and a bar chart. Everything here reads records only: no run is started."""
+
+import csv
+import io
+import math
+import os
+import platform
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from divlab.tables.spec import TableSpec
+from divlab.utils.io import atomic_write_text
+
+SHORT_ERROR = 90   # characters of the error line shown inside a cell; the full line is listed below
+
+
+@dataclass
+class Cell:
+    """One (row, column): the metric of each finished seed (already scaled), and what went wrong."""
+
+    row: str
+    column: str
+    values: list[float] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)    # seeds of `values`
+    expected: int = 1                                 # seeds the table asks for
+    errors: list[str] = field(default_factory=list)   # "seed k: first error line"
+    reference: float | None = None
+    run_dirs: list[str] = field(default_factory=list)
+    kind: str = "run"
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation over seeds (None with fewer than two)."""
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+    @property
+    def status(self) -> str:
+        if not self.values:
+            return "failed" if self.errors else "missing"
+        return "ok" if len(self.values) >= self.expected else "partial"
+
+
+def cells_from_jobs(spec: TableSpec, jobs) -> dict[tuple[str, str], Cell]:
+    """Group jobs (divlab.tables.cells.Job) into cells; the metric is read from each finished record."""
+    cells = {(r.name, c.name): Cell(r.name, c.name, reference=spec.reference.get((r.name, c.name)),
+                                    kind=r.kind, expected=0)
+             for r in spec.rows for c in spec.columns}
+    for job in jobs:
+        cell = cells[(job.row, job.column)]
+        cell.expected += 1
+        if job.run_dir is not None:
+            cell.run_dirs.append(str(job.run_dir))
+        if job.state == "finished":
+            value = (job.record or {}).get("metrics", {}).get(spec.metric)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                cell.values.append(float(value) * spec.scale)
+                cell.seeds.append(job.seed)
+            else:
+                cell.errors.append(f"seed {job.seed}: metrics.json has no finite {spec.metric}")
+        elif job.state == "failed":
+            cell.errors.append(f"seed {job.seed}: {job.error}")
+    return cells
+
+
+def delta(spec: TableSpec, cells, row: str, column: str) -> float | None:
+    """Difference of means from the baseline row, in shown units (None where either is missing)."""
+    if spec.baseline_row is None or row == spec.baseline_row:
+        return None
+    ours, base = cells[(row, column)].mean, cells[(spec.baseline_row, column)].mean
+    return None if ours is None or base is None else ours - base
+
+
+def best_rows(spec: TableSpec, cells) -> dict[str, str]:
+    """Per column, the run row with the best mean (teacher rows are not candidates)."""
+    best = {}
+    for column in spec.columns:
+        means = [(cells[(r.name, column.name)].mean, r.name) for r in spec.rows
+                 if r.kind == "run" and cells[(r.name, column.name)].mean is not None]
+        if len(means) > 1:
+            pick = max if spec.higher_is_better else min
+            best[column.name] = pick(means)[1]
+    return best
+
+
+def fmt(value: float | None, decimals: int, *, signed: bool = False) -> str:
+    if value is None:
+        return ""
+    return f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
+
+
+def cell_text(cell: Cell, decimals: int, *, pm: str = "±", short: bool = True) -> str:
+    """`97.56 ± 0.44`; one seed: `97.56`; some seeds missing: `... (2/3 seeds)`; none: `failed: ...`."""
+    if cell.status == "missing":
+        return "-"
+    if cell.status == "failed":
+        error = cell.errors[0].split(": ", 1)[1] if ": " in cell.errors[0] else cell.errors[0]
+        if short and len(error) > SHORT_ERROR:
+            error = error[:SHORT_ERROR - 3] + "..."
+        return f"failed: {error}"
+    text = fmt(cell.mean, decimals)
+    if cell.std is not None:
+        text += f" {pm} {fmt(cell.std, decimals)}"
+    if cell.status == "partial":
+        text += f" ({len(cell.values)}/{cell.expected} seeds)"
+    return text
+
+
+def header_columns(spec: TableSpec) -> list[tuple[str, str, str]]:
+    """(title, column name, what): what is ours | delta | reference; references only where given."""
+    out = []
+    for column in spec.columns:
+        out.append((column.name, column.name, "ours"))
+        if spec.baseline_row is not None:
+            out.append((f"Δ vs {spec.baseline_row}", column.name, "delta"))
+        if any(col == column.name for (_, col) in spec.reference):
+            out.append(("published", column.name, "reference"))
+    return out
+
+
+def machine_line() -> str:
+    """The machine this table was made on: OS, CPU, core count, Python, torch, GPU."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = (f"GPU {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
+           if torch.cuda.is_available() else "no GPU")
+    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPU cores, "
+            f"Python {platform.python_version()}, torch {torch.__version__}, {gpu}")
+
+
+def describe(spec: TableSpec, seeds) -> str:
+    scale = "" if spec.scale == 1 else f" x {spec.scale:g}"
+    text = (f"`{spec.metric}`{scale}, mean ± sample std over seeds {', '.join(map(str, seeds))} "
+            f"(one seed: its value)")
+    if spec.baseline_row is not None:
+        text += f"; Δ: difference of means from {spec.baseline_row}"
+    if spec.reference:
+        text += "; published: the value reported in the paper(s)"
+    best = "highest" if spec.higher_is_better else "lowest"
+    return text + f"; bold: {best} mean of a column."
+
+
+def failure_lines(spec: TableSpec, cells) -> list[str]:
+    return [f"{c.row} / {c.column}, {e}" for c in cells.values() for e in c.errors]
+
+
+def run_time_line(jobs) -> str:
+    records = {str(j.run_dir): j.record for j in jobs
+               if j.kind == "run" and j.state == "finished" and j.record}
+    total = sum(float(r.get("wall_time_s", 0.0)) for r in records.values())
+    return f"{len(records)} runs, {total / 60:.1f} min of run wall time in all (sum of their metrics.json wall_time_s)"
+
+
+def to_markdown(spec: TableSpec, cells, *, seeds, machine: str, footer: str = "") -> str:
+    heads = header_columns(spec)
+    best = best_rows(spec, cells)
+    lines = [f"# {spec.title}", "", describe(spec, seeds), "",
+             "| method | " + " | ".join(h[0] for h in heads) + " |",
+             "|---|" + "---:|" * len(heads)]
+    for row in spec.rows:
+        out = []
+        for _, column, what in heads:
+            cell = cells[(row.name, column)]
+            if what == "ours":
+                text = cell_text(cell, spec.decimals).replace("|", "\\|")
+                out.append(f"**{text}**" if best.get(column) == row.name else text)
+            elif what == "delta":
+                out.append(fmt(delta(spec, cells, row.name, column), spec.decimals, signed=True))
+            else:
+                out.append(fmt(cell.reference, spec.decimals))
+        lines.append(f"| {row.name} | " + " | ".join(out) + " |")
+    lines.append("")
+    failures = failure_lines(spec, cells)
+    if failures:
+        lines += ["Failed runs (first error line; the log is in the table's `_logs` folder; "
+                  "`retry_failed=true` runs them again):", ""]
+        lines += [f"- {f}" for f in failures] + [""]
+    lines += [f"- {note}" for note in spec.notes]
+    lines += [f"- Machine: {machine}."] + ([f"- {footer}."] if footer else []) + [""]
+    return "\n".join(lines)
+
+
+def to_csv(spec: TableSpec, cells) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["row", "column", "status", "n_seeds", "seeds", "mean", "std", "values", "reference",
+                     f"delta_vs_{spec.baseline_row or 'baseline'}", "error", "run_dirs"])
+    num = lambda v: "" if v is None else repr(round(v, 10))  # noqa: E731
+    for row in spec.rows:
+        for column in spec.columns:
+            c = cells[(row.name, column.name)]
+            writer.writerow([row.name, column.name, c.status, len(c.values), " ".join(map(str, c.seeds)),
+                             num(c.mean), num(c.std), " ".join(num(v) for v in c.values), num(c.reference),
+                             num(delta(spec, cells, row.name, column.name)), " | ".join(c.errors),
+                             " ".join(c.run_dirs)])
+    return buf.getvalue()
+
+
+TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex_escape(text: str) -> str:
+    out = "".join(TEX_ESCAPES.get(ch, ch) for ch in str(text))
+    return out.replace("->", r"$\rightarrow$").replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
+
+
+def to_latex(spec: TableSpec, cells, *, seeds, machine: str) -> str:
+    heads = header_columns(spec)
+    best = best_rows(spec, cells)
+    lines = ["% generated by scripts/reproduce.py; needs \\usepackage{booktabs}", r"\begin{table}[t]",
+             r"\centering", r"\small", r"\begin{tabular}{l" + "r" * len(heads) + "}", r"\toprule",
+             "Method & " + " & ".join(tex_escape(h[0]) for h in heads) + r" \\", r"\midrule"]
+    for row in spec.rows:
+        out = []
+        for _, column, what in heads:
+            cell = cells[(row.name, column)]
+            if what == "ours":
+                text = tex_escape(cell_text(cell, spec.decimals).split(":", 1)[0]) \
+                    if cell.status == "failed" else tex_escape(cell_text(cell, spec.decimals))
+                out.append(rf"\textbf{{{text}}}" if best.get(column) == row.name else text)
+            elif what == "delta":
+                out.append(tex_escape(fmt(delta(spec, cells, row.name, column), spec.decimals, signed=True)))
+            else:
+                out.append(tex_escape(fmt(cell.reference, spec.decimals)))
+        if spec.baseline_row is not None and row.name == spec.baseline_row and row is not spec.rows[-1]:
+            lines.append(tex_escape(row.name) + " & " + " & ".join(out) + r" \\ \midrule")
+        else:
+            lines.append(tex_escape(row.name) + " & " + " & ".join(out) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    caption = f"{spec.title}. {describe(spec, seeds).replace('`', '')} Machine: {machine}."
+    failures = failure_lines(spec, cells)
+    if failures:
+        caption += " Failed: " + "; ".join(failures) + "."
+    lines += [r"\caption{" + tex_escape(caption) + "}", rf"\label{{tab:{spec.name}}}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def to_png(spec: TableSpec, cells, path: Path, *, seeds) -> None:
+    """Grouped bars (one group per row, one bar per column), std error bars, published values as
+    diamonds, `failed` written where a cell has no value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, columns = [r.name for r in spec.rows], [c.name for c in spec.columns]
+    width = 0.8 / len(columns)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) * max(1, len(columns)) / 1.5 + 2), 4.2))
+    shown = [v for c in cells.values() for v in ([c.mean] if c.mean is not None else []) +
+             ([c.reference] if c.reference is not None else [])]
+    low = min(shown) if shown else 0.0
+    high = max((c.mean or 0) + (c.std or 0) for c in cells.values()) if shown else 1.0
+    high = max([high] + [c.reference for c in cells.values() if c.reference is not None])
+    pad = 0.15 * (high - low) + 10 ** -spec.decimals
+    bottom = low - pad if 0 < low and low > 0.5 * high else 0.0   # zoom in on close positive values
+    for j, column in enumerate(columns):
+        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(rows))]
+        means = [cells[(r, column)].mean for r in rows]
+        stds = [cells[(r, column)].std or 0.0 for r in rows]
+        heights = [(m - bottom) if m is not None else 0.0 for m in means]
+        ax.bar(xs, heights, width * 0.9, bottom=bottom, yerr=stds, capsize=2, label=column)
+        for x, r in zip(xs, rows):
+            cell = cells[(r, column)]
+            if cell.reference is not None:
+                ax.plot([x], [cell.reference], marker="D", color="black", markersize=4, linestyle="none",
+                        label="published" if "published" not in ax.get_legend_handles_labels()[1] else None)
+            if cell.mean is None:
+                ax.text(x, bottom, " " + cell.status, rotation=90, ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(rows, rotation=30, ha="right")
+    scale = "" if spec.scale == 1 else f" x {spec.scale:g}"
+    ax.set_ylabel(f"{spec.metric}{scale}")
+    ax.set_ylim(bottom=bottom, top=high + 0.08 * (high - bottom + 1e-9))
+    ax.set_title(f"{spec.title}\nmean ± std over seeds {', '.join(map(str, seeds))}", fontsize=9)
+    ax.legend(fontsize=7, ncol=min(4, len(columns) + 1))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120, metadata={"Software": None})
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_all(spec: TableSpec, cells, out_dir: Path, *, seeds, machine: str, footer: str = "") -> list[Path]:
+    """outputs/tables/<name>.md, .csv, .tex, .png; returns their paths."""
+    out_dir = Path(out_dir)
+    paths = [out_dir / f"{spec.name}.{ext}" for ext in ("md", "csv", "tex", "png")]
+    atomic_write_text(paths[0], to_markdown(spec, cells, seeds=seeds, machine=machine, footer=footer))
+    atomic_write_text(paths[1], to_csv(spec, cells))
+    atomic_write_text(paths[2], to_latex(spec, cells, seeds=seeds, machine=machine))
+    to_png(spec, cells, paths[3], seeds=seeds)
+    return paths

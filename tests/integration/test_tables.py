@@ -1,0 +1,284 @@
+"""scripts/reproduce.py and divlab.tables: table configs, the grid's runs (resume, failed cells), renderers."""
+
+import csv
+import importlib.util
+import json
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from divlab.errors import ConfigError
+from divlab.tables import cells as cells_mod
+from divlab.tables.cells import Job, Runner, first_error_line, plan
+from divlab.tables.render import Cell, cell_text, cells_from_jobs, to_csv, to_latex, to_markdown, write_all
+from divlab.tables.spec import Axis, TableSpec, latest, load_table
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+reproduce = load_script()
+
+GRID = {
+    "title": "test grid",
+    "metric": "test/acc",
+    "scale": 100,
+    "seeds": [0],
+    "common_overrides": ["experiment=kd/digits", "debug=fast"],
+    "baseline_row": "CE",
+    "rows": [{"name": "teacher", "kind": "teacher"},
+             {"name": "CE", "overrides": ["experiment=kd/digits_ce"]},
+             {"name": "KD", "overrides": ["divergence=forward_kl"]}],
+    "columns": [{"name": "CNN -> MLP", "overrides": ["student=digits_mlp"]},
+                {"name": "CNN -> CNN-8", "overrides": ["student=digits_cnn_small"]}],
+    "reference": {"KD": {"CNN -> MLP": 97.25}},
+}
+
+
+def write_table(folder: Path, name: str, table: dict) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(table)))
+    return path
+
+
+def metrics_files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("metrics.json") if "teachers" not in p.parts}
+
+
+def read_csv(path: Path) -> dict[tuple[str, str], dict]:
+    with open(path) as f:
+        return {(r["row"], r["column"]): r for r in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, teacher_dir):
+    """The 2x2 grid (plus a teacher row), run once with two jobs at a time."""
+    root = tmp_path_factory.mktemp("table")
+    path = write_table(root, "grid", GRID)
+    args = [f"table={path}", f"paths.output_root={root / 'outputs'}", f"paths.teacher_dir={teacher_dir}"]
+    code = reproduce.main([*args, "jobs=2"])
+    return {"root": root, "outputs": root / "outputs", "args": args, "path": path, "code": code,
+            "tables": root / "outputs" / "tables"}
+
+
+def test_grid_runs_every_cell_and_writes_four_files(grid):
+    assert grid["code"] == 0
+    assert len(metrics_files(grid["outputs"])) == 4
+    for ext in ("md", "csv", "tex", "png"):
+        assert (grid["tables"] / f"grid.{ext}").stat().st_size > 0
+    rows = read_csv(grid["tables"] / "grid.csv")
+    md = (grid["tables"] / "grid.md").read_text()
+    for row in ("CE", "KD"):
+        for column in ("CNN -> MLP", "CNN -> CNN-8"):
+            r = rows[(row, column)]
+            record = json.loads((Path(r["run_dirs"]) / "metrics.json").read_text())
+            assert r["status"] == "ok" and r["n_seeds"] == "1"
+            assert float(r["mean"]) == pytest.approx(100 * record["metrics"]["test/acc"])
+            assert f"{float(r['mean']):.2f}" in md
+    assert rows[("teacher", "CNN -> MLP")]["status"] == "ok"   # the teacher the KD runs trained
+    assert float(rows[("KD", "CNN -> MLP")]["reference"]) == 97.25
+    delta = float(rows[("KD", "CNN -> MLP")]["mean"]) - float(rows[("CE", "CNN -> MLP")]["mean"])
+    assert float(rows[("KD", "CNN -> MLP")]["delta_vs_CE"]) == pytest.approx(delta)
+    assert "| method | CNN -> MLP | Δ vs CE | published | CNN -> CNN-8 | Δ vs CE |" in md
+    assert "97.25" in md and "Machine: " in md and "CPU cores" in md and "torch " in md
+    assert r"\toprule" in (grid["tables"] / "grid.tex").read_text()
+    assert (grid["tables"] / "grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_second_invocation_runs_nothing_and_rewrites_the_same_tables(grid, capsys):
+    before = {p: p.stat().st_mtime_ns for p in metrics_files(grid["outputs"])}
+    dirs = {p for p in grid["outputs"].rglob("seed*")}
+    md, tex = (grid["tables"] / "grid.md").read_text(), (grid["tables"] / "grid.tex").read_text()
+    capsys.readouterr()
+    assert reproduce.main(grid["args"]) == 0
+    out = capsys.readouterr().out
+    assert "4 finished, 0 failed, 0 to run" in out and "[1/" not in out
+    assert {p: p.stat().st_mtime_ns for p in metrics_files(grid["outputs"])} == before
+    assert {p for p in grid["outputs"].rglob("seed*")} == dirs
+    assert (grid["tables"] / "grid.md").read_text() == md and (grid["tables"] / "grid.tex").read_text() == tex
+
+
+def test_interrupted_cell_alone_runs_again(grid, capsys):
+    """A run killed before it wrote metrics.json (its last.ckpt kept): only that run is started, and resumes."""
+    rows = read_csv(grid["tables"] / "grid.csv")
+    victim = Path(rows[("KD", "CNN -> MLP")]["run_dirs"]) / "metrics.json"
+    old = json.loads(victim.read_text())
+    others = {p: p.stat().st_mtime_ns for p in metrics_files(grid["outputs"]) if p != victim}
+    victim.unlink()
+    capsys.readouterr()
+    assert reproduce.main(grid["args"]) == 0
+    out = capsys.readouterr().out
+    assert "3 finished, 0 failed, 1 to run" in out
+    assert "[1/1] KD | CNN -> MLP | seed 0: test/acc=" in out
+    assert {p: p.stat().st_mtime_ns for p in metrics_files(grid["outputs"]) if p != victim} == others
+    new = json.loads(victim.read_text())
+    assert new["resumed_from"] and new["metrics"]["test/acc"] == old["metrics"]["test/acc"]
+
+
+def test_failing_cell_shows_its_error_and_the_others_complete(grid, capsys):
+    table = {**GRID, "rows": [{"name": "T=0", "overrides": ["distill.temperature=0"]}, *GRID["rows"][1:]],
+             "columns": GRID["columns"][:1], "seeds": [1], "reference": {}}
+    args = [f"table={write_table(grid['root'], 'broken', table)}", *grid["args"][1:]]
+    capsys.readouterr()
+    assert reproduce.main(args) == 0
+    out = capsys.readouterr().out
+    assert "3 to run" in out   # T=0, then CE and KD with seed 1, one after the other
+    assert "seed 1: failed: distill.temperature must be a number > 0, got 0" in out
+    rows = read_csv(grid["tables"] / "broken.csv")
+    assert rows[("T=0", "CNN -> MLP")]["status"] == "failed"
+    assert rows[("CE", "CNN -> MLP")]["status"] == "ok" and rows[("KD", "CNN -> MLP")]["status"] == "ok"
+    md = (grid["tables"] / "broken.md").read_text()
+    assert "| T=0 | failed: distill.temperature must be a number > 0, got 0 |" in md
+    log = next((grid["tables"] / "broken_logs").glob("T_0__*"))
+    assert "error: distill.temperature" in log.read_text()
+    capsys.readouterr()   # a failure is remembered: not retried unless asked
+    assert reproduce.main(args) == 0
+    assert "2 finished, 1 failed (retry_failed=true runs them again), 0 to run" in capsys.readouterr().out
+    assert reproduce.main([*args, "retry_failed=true", "dry_run=true"]) == 0
+    assert "1 to run" in capsys.readouterr().out
+
+
+# ---- runs without training: fake `python` executables for the subprocess runner ----
+
+def fake_python(folder: Path, body: str) -> str:
+    path = folder / "python"
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def test_runner_records_a_crash_but_not_a_killed_run(tmp_path):
+    crash = fake_python(tmp_path, 'echo "Traceback (most recent call last):"; '
+                                  'echo "RuntimeError: CUDA out of memory" >&2; exit 1')
+    job = Job("r", "c", 0, ["x=1"], run_dir=tmp_path / "run" / "seed0")
+    Runner(log_dir=tmp_path / "logs", python=crash).run([job])
+    assert job.state == "failed" and job.error == "RuntimeError: CUDA out of memory"
+    assert json.loads((job.run_dir / "failed.json").read_text())["returncode"] == 1
+    killed = fake_python(tmp_path, "kill -9 $$")
+    job2 = Job("r", "c", 1, ["x=1"], run_dir=tmp_path / "run" / "seed1")
+    Runner(log_dir=tmp_path / "logs", python=killed, jobs=2).run([job2])
+    assert job2.state == "missing" and not (job2.run_dir / "failed.json").exists()
+
+
+def test_first_error_line():
+    assert first_error_line("noise\nerror: seed must be a non-negative integer\n", 2) == \
+        "seed must be a non-negative integer"
+    text = "Traceback (most recent call last):\n  File x\nValueError: bad shape\nSet HYDRA_FULL_ERROR=1"
+    assert first_error_line(text, 1) == "ValueError: bad shape"
+    assert first_error_line("", 3) == "python -m divlab exited with code 3"
+
+
+# ---- table configs ----
+
+def test_kd_digits_table_plans_every_method_on_two_pairs(tmp_path, monkeypatch):
+    spec = load_table("kd_digits", CONF)
+    names = [r.name for r in spec.rows]
+    for required in ("CE-only", "KD (forward KL)", "reverse KL", "JS", "TVD", "DKD", "PLD", "SinKD", "OFA",
+                     "Jeffreys", "squared Hellinger"):
+        assert required in names
+    assert spec.seeds == (0, 1, 2) and spec.metric == "test/acc" and spec.baseline_row == "CE-only"
+    assert len(spec.columns) >= 2
+    monkeypatch.chdir(tmp_path)
+    jobs = plan(spec, conf_dir=str(CONF), seeds=[0], extra=[f"paths.output_root={tmp_path}"])
+    assert all(j.state == "missing" for j in jobs), [j.error for j in jobs if j.error and j.kind == "run"]
+    runs = [j for j in jobs if j.kind == "run"]
+    assert len({j.run_dir for j in runs}) == len(runs) - 1   # CE-only: one run serves both columns
+    assert len(cells_mod.to_run(jobs)) == len(runs) - 1
+
+
+def test_overrides_later_key_wins():
+    assert latest(["experiment=a", "seed=1", "experiment=b", "+x=1", "+x=2"]) == \
+        ["seed=1", "experiment=b", "+x=1", "+x=2"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"metric": None}, "metric must be set"),
+    ({"rows": [{"name": "a"}, {"name": "a"}]}, "repeated: a"),
+    ({"reference": {"nope": {"CNN -> MLP": 1.0}}}, "reference names row 'nope'"),
+    ({"reference": {"KD": {"CNN -> MLP": "high"}}}, "must be a number"),
+    ({"baseline_row": "nope"}, "baseline_row='nope' is not one of the rows"),
+    ({"seeds": [-1]}, "seeds must be"),
+    ({"colour": "red"}, "unknown keys"),
+])
+def test_bad_table_config_is_one_sentence(tmp_path, change, message):
+    path = write_table(tmp_path, "bad", {**GRID, **change})
+    with pytest.raises(ConfigError, match=message):
+        load_table(str(path), CONF)
+
+
+def test_unknown_table_and_bad_options_exit_2(capsys):
+    assert reproduce.main(["table=no_such_table"]) == 2
+    err = capsys.readouterr().err
+    assert "error: table=no_such_table is not a table config" in err and "kd_digits" in err
+    assert reproduce.main(["table=kd_digits", "jobs=0"]) == 2
+    assert reproduce.main(["table=kd_digits", "seed=1"]) == 2
+    assert "seeds=0,1,2" in capsys.readouterr().err
+
+
+# ---- renderers on hand-made records ----
+
+def hand_made():
+    spec = TableSpec(name="hand", metric="test/acc", scale=100, seeds=(0, 1, 2), baseline_row="CE",
+                     rows=(Axis("CE"), Axis("KD"), Axis("OFA_x"), Axis("half")),
+                     columns=(Axis("A -> B"), Axis("C")), reference={("KD", "A -> B"): 98.1})
+
+    def job(row, column, seed, acc=None, error=None):
+        j = Job(row, column, seed, [], run_dir=Path(f"/runs/{row}/{column}/seed{seed}"))
+        j.state, j.record, j.error = ("finished", {"metrics": {"test/acc": acc}}, None) if acc is not None \
+            else ("failed", None, error)
+        return j
+
+    jobs = [job(r, c, s, acc=a) for (r, accs) in (("CE", (0.97, 0.98, 0.99)), ("KD", (0.98, 0.99, 0.985)))
+            for c in ("A -> B", "C") for s, a in zip((0, 1, 2), accs)]
+    jobs += [job("OFA_x", c, s, error="RuntimeError: needs projectors | stages") for c in ("A -> B", "C")
+             for s in (0, 1, 2)]
+    jobs += [job("half", "A -> B", 0, acc=0.5), job("half", "A -> B", 1, error="boom"),
+             job("half", "A -> B", 2, acc=0.7)]
+    jobs += [job("half", "C", s) for s in (0, 1, 2)]
+    for j in jobs[-3:]:
+        j.state = "missing"
+    return spec, cells_from_jobs(spec, jobs)
+
+
+def test_render_mean_std_reference_delta_and_failed_cells(tmp_path):
+    spec, cells = hand_made()
+    assert cell_text(cells[("CE", "A -> B")], 2) == "98.00 ± 1.00"
+    assert cell_text(cells[("half", "A -> B")], 2) == "60.00 ± 14.14 (2/3 seeds)"
+    assert cell_text(cells[("half", "C")], 2) == "-" and cells[("half", "C")].status == "missing"
+    assert cell_text(Cell("r", "c", values=[97.5]), 2) == "97.50"
+    md = to_markdown(spec, cells, seeds=spec.seeds, machine="test box")
+    assert "| CE | 98.00 ± 1.00 |  |  | 98.00 ± 1.00 |  |" in md
+    assert "| KD | **98.50 ± 0.50** | +0.50 | 98.10 | **98.50 ± 0.50** | +0.50 |" in md
+    assert "| OFA_x | failed: RuntimeError: needs projectors \\| stages |" in md
+    assert "- OFA_x / A -> B, seed 0: RuntimeError: needs projectors | stages" in md
+    assert "- half / A -> B, seed 1: boom" in md and "Machine: test box." in md
+    rows = list(csv.DictReader(to_csv(spec, cells).splitlines()))
+    kd = next(r for r in rows if (r["row"], r["column"]) == ("KD", "A -> B"))
+    assert float(kd["mean"]) == pytest.approx(98.5) and float(kd["std"]) == pytest.approx(0.5)
+    assert float(kd["reference"]) == 98.1 and float(kd["delta_vs_CE"]) == pytest.approx(0.5)
+    assert kd["values"].split() == ["98.0", "99.0", "98.5"]
+    tex = to_latex(spec, cells, seeds=spec.seeds, machine="test box")
+    assert r"OFA\_x & failed" in tex and r"A $\rightarrow$ B" in tex and r"98.00 $\pm$ 1.00" in tex
+    paths = write_all(spec, cells, tmp_path, seeds=spec.seeds, machine="test box")
+    assert [p.name for p in paths] == ["hand.md", "hand.csv", "hand.tex", "hand.png"]
+    assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_long_error_is_shortened_in_the_cell_only():
+    cell = Cell("r", "c", errors=["seed 0: " + "x" * 200], expected=1)
+    assert cell_text(cell, 2).endswith("...") and len(cell_text(cell, 2)) < 110
+    assert cell_text(cell, 2, short=False) == "failed: " + "x" * 200
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
