@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install demo test test-full lint bench clean data-fashion
+.PHONY: install demo test test-full lint bench table clean data-fashion
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)         ## speed and memory targets; writes outputs/bench/*.json and *.md
 	$(PY) scripts/bench.py
+
+table: $(STAMP)         ## a paper table: make table TABLE=kd_digits ARGS="jobs=2"
+	$(PY) scripts/reproduce.py table=$(or $(TABLE),kd_digits) $(ARGS)
 
 data-fashion:           ## Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist) from Debian
 	@test -d /usr/share/datasets/fashion-mnist || \

@@ -15,6 +15,7 @@ not run again, so a second invocation runs nothing and rewrites the same tables,
 resumes. The tables are built from metrics.json files only.
 """
 
+import shlex
 import signal
 import sys
 import time
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{' (retry_failed=true runs them again)' if failed else ''}, {len(todo)} to run{at_once}", flush=True)
     if opts["dry_run"]:
         for job in todo:
-            print(f"  would run: python -m divlab {' '.join(job.overrides)}")
+            print(f"  would run: python -m divlab {shlex.join(job.overrides)}")
         return 0
 
     runner = Runner(log_dir=out_dir / f"{spec.name}_logs", jobs=opts["jobs"])

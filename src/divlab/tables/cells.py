@@ -86,14 +86,14 @@ def plan(spec: TableSpec, *, conf_dir: str, seeds=None, extra=(), retry_failed: 
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3", job_name="table"):
             for row in spec.rows:
                 for column in spec.columns:
-                    cell = [*spec.overrides(row, column), *QUIET, *extra]
+                    base = spec.overrides(row, column)
+                    command = lambda seed, base=base: [*base, f"seed={seed}", *QUIET, *extra]  # noqa: E731
                     try:
-                        cfg = compose("train", overrides=[*cell, f"seed={seeds[0]}"])
+                        cfg = compose("train", overrides=command(seeds[0]))
                     except Exception as e:   # an override that does not compose: the cell fails here
                         cfg, error = None, f"config does not compose: {first_line(e)}"
                     for seed in (seeds[:1] if row.kind == "teacher" else seeds):
-                        overrides = [*spec.overrides(row, column), f"seed={seed}", *QUIET, *extra]
-                        job = Job(row.name, column.name, seed, overrides, kind=row.kind)
+                        job = Job(row.name, column.name, seed, command(seed), kind=row.kind)
                         jobs.append(job)
                         if cfg is None:
                             job.state, job.error = "failed", error

@@ -76,15 +76,15 @@ def delta(spec: TableSpec, cells, row: str, column: str) -> float | None:
     return None if ours is None or base is None else ours - base
 
 
-def best_rows(spec: TableSpec, cells) -> dict[str, str]:
-    """Per column, the run row with the best mean (teacher rows are not candidates)."""
+def best_rows(spec: TableSpec, cells) -> dict[str, set[str]]:
+    """Per column, the run rows whose mean is the best (ties all count; teacher rows are not candidates)."""
     best = {}
     for column in spec.columns:
-        means = [(cells[(r.name, column.name)].mean, r.name) for r in spec.rows
-                 if r.kind == "run" and cells[(r.name, column.name)].mean is not None]
+        means = {r.name: cells[(r.name, column.name)].mean for r in spec.rows
+                 if r.kind == "run" and cells[(r.name, column.name)].mean is not None}
         if len(means) > 1:
-            pick = max if spec.higher_is_better else min
-            best[column.name] = pick(means)[1]
+            top = (max if spec.higher_is_better else min)(means.values())
+            best[column.name] = {name for name, m in means.items() if abs(m - top) <= 1e-9 * max(1.0, abs(top))}
     return best
 
 
@@ -174,7 +174,7 @@ def to_markdown(spec: TableSpec, cells, *, seeds, machine: str, footer: str = ""
             cell = cells[(row.name, column)]
             if what == "ours":
                 text = cell_text(cell, spec.decimals).replace("|", "\\|")
-                out.append(f"**{text}**" if best.get(column) == row.name else text)
+                out.append(f"**{text}**" if row.name in best.get(column, ()) else text)
             elif what == "delta":
                 out.append(fmt(delta(spec, cells, row.name, column), spec.decimals, signed=True))
             else:
@@ -183,8 +183,8 @@ def to_markdown(spec: TableSpec, cells, *, seeds, machine: str, footer: str = ""
     lines.append("")
     failures = failure_lines(spec, cells)
     if failures:
-        lines += ["Failed runs (first error line; the log is in the table's `_logs` folder; "
-                  "`retry_failed=true` runs them again):", ""]
+        lines += [f"Failed runs (first error line; logs in `{spec.name}_logs/` beside this file; "
+                  f"`retry_failed=true` runs them again):", ""]
         lines += [f"- {f}" for f in failures] + [""]
     lines += [f"- {note}" for note in spec.notes]
     lines += [f"- Machine: {machine}."] + ([f"- {footer}."] if footer else []) + [""]
@@ -229,7 +229,7 @@ def to_latex(spec: TableSpec, cells, *, seeds, machine: str) -> str:
             if what == "ours":
                 text = tex_escape(cell_text(cell, spec.decimals).split(":", 1)[0]) \
                     if cell.status == "failed" else tex_escape(cell_text(cell, spec.decimals))
-                out.append(rf"\textbf{{{text}}}" if best.get(column) == row.name else text)
+                out.append(rf"\textbf{{{text}}}" if row.name in best.get(column, ()) else text)
             elif what == "delta":
                 out.append(tex_escape(fmt(delta(spec, cells, row.name, column), spec.decimals, signed=True)))
             else:
@@ -249,7 +249,7 @@ def to_latex(spec: TableSpec, cells, *, seeds, machine: str) -> str:
 
 def to_png(spec: TableSpec, cells, path: Path, *, seeds) -> None:
     """Grouped bars (one group per row, one bar per column), std error bars, published values as
-    diamonds, `failed` written where a cell has no value."""
+    diamonds, the baseline row's mean as a dashed line, `failed` written where a cell has no value."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,7 +257,7 @@ def to_png(spec: TableSpec, cells, path: Path, *, seeds) -> None:
 
     rows, columns = [r.name for r in spec.rows], [c.name for c in spec.columns]
     width = 0.8 / len(columns)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) * max(1, len(columns)) / 1.5 + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, len(rows) * (0.3 + 0.25 * len(columns)) + 2), 4.2))
     shown = [v for c in cells.values() for v in ([c.mean] if c.mean is not None else []) +
              ([c.reference] if c.reference is not None else [])]
     low = min(shown) if shown else 0.0
@@ -270,7 +270,10 @@ def to_png(spec: TableSpec, cells, path: Path, *, seeds) -> None:
         means = [cells[(r, column)].mean for r in rows]
         stds = [cells[(r, column)].std or 0.0 for r in rows]
         heights = [(m - bottom) if m is not None else 0.0 for m in means]
-        ax.bar(xs, heights, width * 0.9, bottom=bottom, yerr=stds, capsize=2, label=column)
+        bars = ax.bar(xs, heights, width * 0.9, bottom=bottom, yerr=stds, capsize=2, label=column)
+        base = cells[(spec.baseline_row, column)].mean if spec.baseline_row is not None else None
+        if base is not None:   # the baseline row's mean across the chart, in the column's colour
+            ax.axhline(base, color=bars.patches[0].get_facecolor(), linestyle="--", linewidth=0.8)
         for x, r in zip(xs, rows):
             cell = cells[(r, column)]
             if cell.reference is not None:

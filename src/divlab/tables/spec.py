@@ -117,7 +117,11 @@ def _per_cell(raw, key: str, rows, columns, convert) -> dict:
         return {}
     row_names, column_names = [r.name for r in rows], [c.name for c in columns]
     out = {}
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"{key} must be a mapping {{row name: {{column name: value}}}}")
     for row, per_column in raw.items():
+        if not isinstance(per_column, DictConfig):
+            raise ConfigError(f"{key}.{row} must be a mapping {{column name: value}}")
         if row not in row_names:
             raise ConfigError(f"{key} names row {row!r}, which is not in rows ({', '.join(row_names)})")
         for column, value in per_column.items():
