@@ -125,10 +125,11 @@ def build_teacher_and_divergence(cfg: DictConfig, student) -> tuple:
     if hasattr(divergence, "temperature"):
         say(f"divergence={cfg.divergence.name} applies its own temperature (divergence.temperature="
             f"{divergence.temperature}); distill.temperature and distill.t_squared are not used")
-    check_models_agree(data_classes=cfg.data.num_classes, student=student, teacher=build(cfg.teacher.model))
+    teacher = build(cfg.teacher.model)
+    check_models_agree(data_classes=cfg.data.num_classes, student=student, teacher=teacher)
     from divlab.teacher import provision_teacher
 
-    return provision_teacher(cfg), divergence
+    return provision_teacher(cfg, teacher), divergence
 
 
 def run(cfg: DictConfig, *, extra_callbacks=()) -> dict:

@@ -60,9 +60,8 @@ def freeze(model: nn.Module) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def provision_teacher(cfg: DictConfig) -> nn.Module:
-    """The frozen teacher network for cfg, loaded or trained-and-cached."""
-    model = instantiate(cfg.teacher.model)
+def provision_teacher(cfg: DictConfig, model: nn.Module) -> nn.Module:
+    """`model` (built from cfg.teacher.model) with its weights loaded or trained-and-cached, frozen."""
     ckpt_setting = cfg.teacher.checkpoint
     if ckpt_setting in (None, "auto"):
         path = cached_teacher_path(cfg)
