@@ -1,7 +1,7 @@
 """One run: composed config in, run directory with metrics.json out.
 
-    check config -> run dir -> (finished? report) -> build data, models, teacher -> check they agree
-    -> Trainer.fit (resuming from last.ckpt) -> test (final and best) -> metrics.json -> `run_dir: ...`
+    check config -> run dir -> (finished? report) -> build data -> task.builder(cfg, datamodule)
+    (models, teacher, checks; tasks/<task>.py) -> Trainer.fit (resuming from last.ckpt) -> test (final and best) -> metrics.json -> `run_dir: ...`
 """
 
 import logging
@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from divlab.errors import ConfigError
-from divlab.utils.checks import build, check_config, check_models_agree
+from divlab.utils.checks import build, check_config
 from divlab.utils.hashing import run_config_hash
 from divlab.utils.io import atomic_write_json, atomic_write_text, read_json
 
@@ -52,9 +52,11 @@ def say(*lines: str) -> None:
             print(line, flush=True)
 
 
-def format_metrics(metrics: dict) -> str:
-    keys = [k for k in ("test/acc", "best/test/acc", "best/val/acc", "val/acc") if k in metrics]
-    return "  ".join(f"{k}={metrics[k]:.4f}" for k in keys)
+def format_metrics(metrics: dict, limit: int = 6) -> str:
+    """The test metrics (final, then best checkpoint), else validation ones; at most `limit`."""
+    keys = [k for k in metrics if k.startswith("test/")] + [k for k in metrics if k.startswith("best/test/")]
+    keys = keys or [k for k in metrics if k.startswith(("best/val/", "val/"))]
+    return "  ".join(f"{k}={metrics[k]:.4f}" for k in keys[:limit])
 
 
 def library_versions() -> dict:
@@ -72,16 +74,6 @@ def check_resumable(last: Path) -> None:
     from divlab.teacher import read_divlab_checkpoint
 
     read_divlab_checkpoint(last, key=f"the run checkpoint (delete it, or set rerun=true) {last}")
-
-
-def build_task(cfg: DictConfig, *, student, teacher, divergence):
-    common = {"model": student, "optimizer": instantiate(cfg.optimizer),
-              "scheduler": instantiate(cfg.scheduler) if cfg.get("scheduler") else None, "seed": cfg.seed}
-    if teacher is None:
-        return instantiate({"_target_": cfg.task._target_}, **common)
-    return instantiate({"_target_": cfg.task._target_}, teacher=teacher, divergence=divergence,
-                       temperature=cfg.distill.temperature, ce_weight=cfg.distill.ce_weight,
-                       kd_weight=cfg.distill.kd_weight, t_squared=cfg.distill.t_squared, **common)
 
 
 def build_callbacks(cfg: DictConfig, extra=()) -> list:
@@ -112,24 +104,16 @@ def finish_loggers(loggers: list) -> None:
             wandb.finish()
 
 
-def build_teacher_and_divergence(cfg: DictConfig, student) -> tuple:
-    """The divergence and the frozen teacher (loaded, or trained once and cached) of a distill run."""
-    try:
-        divergence = build(cfg.divergence)
-    except ConfigError as e:
-        raise ConfigError(f"bad divergence.* setting: {e}") from None
-    if getattr(divergence, "kind", "categorical") == "samples":
-        raise ConfigError(f"divergence={cfg.divergence.name} compares sets of samples, but the distill task "
-                          f"needs a divergence between teacher and student class distributions; "
-                          f"choose e.g. divergence=forward_kl")
-    if hasattr(divergence, "temperature"):
-        say(f"divergence={cfg.divergence.name} applies its own temperature (divergence.temperature="
-            f"{divergence.temperature}); distill.temperature and distill.t_squared are not used")
-    teacher = build(cfg.teacher.model)
-    check_models_agree(data_classes=cfg.data.num_classes, student=student, teacher=teacher)
-    from divlab.teacher import provision_teacher
+def task_builder(cfg: DictConfig):
+    """The function `task.builder` names: (cfg, datamodule=...) -> LightningModule."""
+    from hydra.utils import get_method
 
-    return provision_teacher(cfg, teacher), divergence
+    name = cfg.task.get("builder")
+    try:
+        return get_method(name)
+    except Exception:
+        raise ConfigError(f"task.builder={name!r} is not an importable function (cfg, datamodule) -> "
+                          f"LightningModule; fix task.builder in conf/task/{cfg.task.name}.yaml") from None
 
 
 def run(cfg: DictConfig, *, extra_callbacks=()) -> dict:
@@ -151,9 +135,7 @@ def run(cfg: DictConfig, *, extra_callbacks=()) -> dict:
     # Build everything that can fail on bad input before anything is written or deleted.
     datamodule = build(cfg.data.datamodule, seed=cfg.seed)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    student = build(cfg.student.model)
-    teacher, divergence = build_teacher_and_divergence(cfg, student) if cfg.task.uses_teacher else (None, None)
-    check_models_agree(data_classes=cfg.data.num_classes, student=student)
+    task = task_builder(cfg)(cfg, datamodule=datamodule)
     last = run_dir / "checkpoints" / "last.ckpt"
     if cfg.rerun and run_dir.exists():
         if is_rank_zero():
@@ -161,7 +143,6 @@ def run(cfg: DictConfig, *, extra_callbacks=()) -> dict:
     elif last.exists():
         check_resumable(last)
 
-    task = build_task(cfg, student=student, teacher=teacher, divergence=divergence)
     if is_rank_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -175,9 +156,10 @@ def run(cfg: DictConfig, *, extra_callbacks=()) -> dict:
                               callbacks=build_callbacks(cfg, extra_callbacks))
         resume = str(last) if last.exists() and not cfg.rerun else None
         say(f"resuming from {last}" if resume else f"training {cfg.task.name} in {run_dir}")
-        trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
+        if cfg.task.get("fit", True):
+            trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-                   if k.startswith(("val/", "best/", "train/"))}
+                   if k.startswith(("val/", "best/", "train/")) and v.numel() == 1}
         metrics.update({k: float(v) for k, v in
                         trainer.test(task, datamodule=datamodule, verbose=False)[0].items()})
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -7,6 +7,8 @@ run is bit-identical to an uninterrupted one on CPU), and divlab metadata in che
 
 from collections.abc import Callable
 
+from omegaconf import DictConfig
+
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,23 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 CHECKPOINT_FORMAT = 1
+
+
+def optimization(cfg: DictConfig) -> dict:
+    """optimizer / scheduler factories and the seed of a run, as task keyword arguments."""
+    from hydra.utils import instantiate
+
+    return {"optimizer": instantiate(cfg.optimizer),
+            "scheduler": instantiate(cfg.scheduler) if cfg.get("scheduler") else None, "seed": cfg.seed}
+
+
+def build(cfg: DictConfig, *, datamodule=None) -> "ClassifyTask":
+    """task.builder of task=classify: the student alone, trained with cross-entropy."""
+    from divlab.utils.checks import build as build_spec, check_models_agree
+
+    student = build_spec(cfg.student.model)
+    check_models_agree(data_classes=cfg.data.num_classes, student=student)
+    return ClassifyTask(model=student, **optimization(cfg))
 
 
 class ClassifyTask(pl.LightningModule):

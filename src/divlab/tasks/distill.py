@@ -11,9 +11,45 @@ student's checkpoint, always in eval mode and run under no_grad.
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 
-from divlab.tasks.classify import ClassifyTask
+from divlab.errors import ConfigError
+from divlab.tasks.classify import ClassifyTask, optimization
+from divlab.utils.checks import build as build_spec, check_models_agree
+
+
+def build_divergence(cfg: DictConfig):
+    """The divergence of a distill run; bad settings and sample-set divergences fail in one sentence."""
+    try:
+        divergence = build_spec(cfg.divergence)
+    except ConfigError as e:
+        raise ConfigError(f"bad divergence.* setting: {e}") from None
+    if getattr(divergence, "kind", "categorical") == "samples":
+        raise ConfigError(f"divergence={cfg.divergence.name} compares sets of samples, but the distill task "
+                          f"needs a divergence between teacher and student class distributions; "
+                          f"choose e.g. divergence=forward_kl")
+    return divergence
+
+
+def build(cfg: DictConfig, *, datamodule=None) -> "DistillTask":
+    """task.builder of task=distill: student, divergence, and the frozen teacher (loaded, or trained
+    once and cached; see divlab.teacher)."""
+    from divlab.runner import say
+    from divlab.teacher import provision_teacher
+
+    student = build_spec(cfg.student.model)
+    divergence = build_divergence(cfg)
+    if hasattr(divergence, "temperature"):
+        say(f"divergence={cfg.divergence.name} applies its own temperature (divergence.temperature="
+            f"{divergence.temperature}); distill.temperature and distill.t_squared are not used")
+    teacher = build_spec(cfg.teacher.model)
+    check_models_agree(data_classes=cfg.data.num_classes, student=student, teacher=teacher)
+    teacher = provision_teacher(cfg, teacher)
+    d = cfg.distill
+    return DistillTask(model=student, teacher=teacher, divergence=divergence, temperature=d.temperature,
+                       ce_weight=d.ce_weight, kd_weight=d.kd_weight, t_squared=d.t_squared,
+                       **optimization(cfg))
 
 
 class DistillTask(ClassifyTask):
