@@ -62,9 +62,10 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
     return opts, extra
 
 
-def progress(metric: str):
+def progress(spec):
     def _say(job, k: int, n: int) -> None:
         where = f"[{k}/{n}] {job.row} | {job.column} | seed {job.seed}"
+        metric = spec.metric_of(job.column)
         if job.state == "finished":
             value = job.record["metrics"].get(metric)
             shown = f"{metric}={value:.4f}" if isinstance(value, float) else f"no {metric} in metrics.json"
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(log_dir=out_dir / f"{spec.name}_logs", jobs=opts["jobs"])
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
-        runner.run(todo, on_done=progress(spec.metric))
+        runner.run(todo, on_done=progress(spec))
     except KeyboardInterrupt:
         print(f"interrupted: the runs that finished are kept; run the same command again to resume "
               f"(python scripts/reproduce.py {' '.join(sys.argv[1:] if argv is None else argv)})",

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from divlab.errors import ConfigError
 from divlab.utils.checks import build, check_config
-from divlab.utils.hashing import run_config_hash
+from divlab.utils.hashing import prune_unused, run_config_hash
 from divlab.utils.io import atomic_write_json, atomic_write_text, read_json
 
 
@@ -122,6 +122,7 @@ def run(cfg: DictConfig, *, extra_callbacks=()) -> dict:
 
     start = time.time()
     quiet_lightning()
+    prune_unused(cfg)
     check_config(cfg)
     run_dir = run_directory(cfg)
     cfg.run_dir = str(run_dir)

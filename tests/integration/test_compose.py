@@ -47,7 +47,7 @@ def instantiate_parts(cfg, tmp_path: Path) -> None:
     assert tuple(x.shape[1:]) == tuple(cfg.data.input_shape)
     student = instantiate(cfg.student.model)
     assert student(x).shape == (len(x), cfg.data.num_classes)
-    if cfg.task.uses_teacher:
+    if "teacher" in cfg.task.uses:
         teacher = instantiate(cfg.teacher.model)
         assert teacher(x).shape == (len(x), cfg.data.num_classes)
         assert cfg.teacher.checkpoint == "auto" or Path(cfg.teacher.checkpoint).suffix == ".ckpt"

@@ -273,6 +273,56 @@ def test_render_mean_std_reference_delta_and_failed_cells(tmp_path):
     assert all(p.stat().st_size > 0 for p in paths)
 
 
+def test_columns_with_their_own_metrics_read_one_run_and_count_wins(tmp_path):
+    """A row's metric-columns read the same records; direction, scale and decimals are per column."""
+    spec = TableSpec(name="multi", metric=None, seeds=(0, 1), baseline_row="MLE",
+                     rows=(Axis("MLE"), Axis("SM")),
+                     columns=(Axis("acc", metric="test/acc", scale=100, decimals=1),
+                              Axis("ppl", metric="test/ppl", higher_is_better=False, decimals=3)))
+    records = {"MLE": ({"test/acc": 0.50, "test/ppl": 2.0}, {"test/acc": 0.70, "test/ppl": 2.2}),
+               "SM": ({"test/acc": 0.80, "test/ppl": 2.5}, {"test/acc": 0.80, "test/ppl": 2.5})}
+    jobs = []
+    for row, per_seed in records.items():
+        for column in ("acc", "ppl"):
+            for seed, metrics in enumerate(per_seed):
+                j = Job(row, column, seed, [], run_dir=Path(f"/runs/{row}/seed{seed}"))
+                j.state, j.record = "finished", {"metrics": metrics}
+                jobs.append(j)
+    assert len(cells_mod.to_run([*jobs[:2], *jobs[2:4]])) == 0   # finished: nothing to run
+    missing = [Job(j.row, j.column, j.seed, [], run_dir=j.run_dir) for j in jobs]
+    assert len(cells_mod.to_run(missing)) == 4                     # one run per (row, seed), not per cell
+    cells = cells_from_jobs(spec, jobs)
+    assert cells[("MLE", "acc")].mean == pytest.approx(60.0) and cells[("SM", "ppl")].mean == pytest.approx(2.5)
+    md = to_markdown(spec, cells, seeds=spec.seeds, machine="box")
+    assert "| method | acc | Δ vs MLE | ppl | Δ vs MLE | wins vs MLE |" in md
+    # SM: higher accuracy (a win), higher perplexity (a loss, lower is better there): 1 of 2 columns
+    assert "| SM | **80.0 ± 0.0** | +20.0 | 2.500 ± 0.000 | +0.400 | 1/2 |" in md
+    assert "| MLE | 60.0 ± 14.1 |  | **2.100 ± 0.141** |  |  |" in md
+    assert "acc = `test/acc` x 100" in md and "ppl = `test/ppl`" in md
+    rows = list(csv.DictReader(to_csv(spec, cells).splitlines()))
+    assert [(r["row"], r["column"], r["metric"], r["beats_MLE"]) for r in rows] == [
+        ("MLE", "acc", "test/acc", ""), ("MLE", "ppl", "test/ppl", ""),
+        ("SM", "acc", "test/acc", "true"), ("SM", "ppl", "test/ppl", "false")]
+    assert r"wins vs MLE" in to_latex(spec, cells, seeds=spec.seeds, machine="box")
+    paths = write_all(spec, cells, tmp_path, seeds=spec.seeds, machine="box")
+    assert paths[3].stat().st_size > 0
+
+
+def test_column_metric_keys_are_checked(tmp_path):
+    columns = [{"name": "a", "metric": "test/acc"}, {"name": "b", "metric": "test/ppl", "higher_is_better": False}]
+    table = {**GRID, "metric": None, "columns": columns, "reference": None}
+    spec = load_table(str(write_table(tmp_path, "ok", table)), CONF)
+    assert spec.metric_of("b") == "test/ppl" and spec.higher_is_better_of("b") is False
+    assert spec.higher_is_better_of("a") is True and not spec.one_metric
+    with pytest.raises(ConfigError, match="metric must be set"):
+        load_table(str(write_table(tmp_path, "bad1", {**table, "columns": [{"name": "a"}, columns[1]]})), CONF)
+    with pytest.raises(ConfigError, match=r"columns\[0\].decimals must be an integer"):
+        load_table(str(write_table(tmp_path, "bad2", {**table, "columns": [{**columns[0], "decimals": "x"}]})),
+                   CONF)
+    with pytest.raises(ConfigError, match="unknown keys"):
+        load_table(str(write_table(tmp_path, "bad3", {**GRID, "rows": [{"name": "r", "metric": "x"}]})), CONF)
+
+
 def test_long_error_is_shortened_in_the_cell_only():
     cell = Cell("r", "c", errors=["seed 0: " + "x" * 200], expected=1)
     assert cell_text(cell, 2).endswith("...") and len(cell_text(cell, 2)) < 110

@@ -57,12 +57,13 @@ def cells_from_jobs(spec: TableSpec, jobs) -> dict[tuple[str, str], Cell]:
         if job.run_dir is not None:
             cell.run_dirs.append(str(job.run_dir))
         if job.state == "finished":
-            value = (job.record or {}).get("metrics", {}).get(spec.metric)
+            metric = spec.metric_of(job.column)
+            value = (job.record or {}).get("metrics", {}).get(metric)
             if isinstance(value, (int, float)) and math.isfinite(value):
-                cell.values.append(float(value) * spec.scale)
+                cell.values.append(float(value) * spec.scale_of(job.column))
                 cell.seeds.append(job.seed)
             else:
-                cell.errors.append(f"seed {job.seed}: metrics.json has no finite {spec.metric}")
+                cell.errors.append(f"seed {job.seed}: metrics.json has no finite {metric}")
         elif job.state == "failed":
             cell.errors.append(f"seed {job.seed}: {job.error}")
     return cells
@@ -76,6 +77,27 @@ def delta(spec: TableSpec, cells, row: str, column: str) -> float | None:
     return None if ours is None or base is None else ours - base
 
 
+def beats_baseline(spec: TableSpec, cells, row: str, column: str) -> bool | None:
+    """Whether the row's mean is better than the baseline row's (in the column's direction)."""
+    d = delta(spec, cells, row, column)
+    if d is None:
+        return None
+    return d > 0 if spec.higher_is_better_of(column) else d < 0
+
+
+def wins(spec: TableSpec, cells, row: str) -> str:
+    """`k/n`: the columns (of n with both means) where the row beats the baseline row."""
+    if row == spec.baseline_row:
+        return ""
+    results = [beats_baseline(spec, cells, row, c.name) for c in spec.columns]
+    known = [r for r in results if r is not None]
+    return f"{sum(known)}/{len(known)}" if known else ""
+
+
+def shows_wins(spec: TableSpec) -> bool:
+    return spec.baseline_row is not None and len(spec.columns) > 1
+
+
 def best_rows(spec: TableSpec, cells) -> dict[str, set[str]]:
     """Per column, the run rows whose mean is the best (ties all count; teacher rows are not candidates)."""
     best = {}
@@ -83,7 +105,7 @@ def best_rows(spec: TableSpec, cells) -> dict[str, set[str]]:
         means = {r.name: cells[(r.name, column.name)].mean for r in spec.rows
                  if r.kind == "run" and cells[(r.name, column.name)].mean is not None}
         if len(means) > 1:
-            top = (max if spec.higher_is_better else min)(means.values())
+            top = (max if spec.higher_is_better_of(column.name) else min)(means.values())
             best[column.name] = {name for name, m in means.items() if abs(m - top) <= 1e-9 * max(1.0, abs(top))}
     return best
 
@@ -139,15 +161,26 @@ def machine_line() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}, {gpu}")
 
 
+def metric_label(spec: TableSpec, column: str) -> str:
+    scale = spec.scale_of(column)
+    return f"`{spec.metric_of(column)}`" + ("" if scale == 1 else f" x {scale:g}")
+
+
 def describe(spec: TableSpec, seeds) -> str:
-    scale = "" if spec.scale == 1 else f" x {spec.scale:g}"
-    text = (f"`{spec.metric}`{scale}, mean ± sample std over seeds {', '.join(map(str, seeds))} "
-            f"(one seed: its value)")
+    if spec.one_metric:
+        what = metric_label(spec, spec.columns[0].name)
+    else:
+        what = "per column: " + ", ".join(f"{c.name} = {metric_label(spec, c.name)}" for c in spec.columns)
+    text = f"{what}; mean ± sample std over seeds {', '.join(map(str, seeds))} (one seed: its value)"
     if spec.baseline_row is not None:
         text += f"; Δ: difference of means from {spec.baseline_row}"
+    if shows_wins(spec):
+        text += f"; wins: columns where the row's mean is better than {spec.baseline_row}'s"
     if spec.reference:
         text += "; published: the value reported in the paper(s)"
-    best = "highest" if spec.higher_is_better else "lowest"
+    directions = {spec.higher_is_better_of(c.name) for c in spec.columns}
+    best = ("highest" if directions == {True} else "lowest" if directions == {False}
+            else "best (in the column's direction)")
     return text + f"; bold: {best} mean of a column."
 
 
@@ -165,20 +198,22 @@ def run_time_line(jobs) -> str:
 def to_markdown(spec: TableSpec, cells, *, seeds, machine: str, footer: str = "") -> str:
     heads = header_columns(spec)
     best = best_rows(spec, cells)
+    extra = [f"wins vs {spec.baseline_row}"] if shows_wins(spec) else []
     lines = [f"# {spec.title}", "", describe(spec, seeds), "",
-             "| method | " + " | ".join(h[0] for h in heads) + " |",
-             "|---|" + "---:|" * len(heads)]
+             "| method | " + " | ".join([h[0] for h in heads] + extra) + " |",
+             "|---|" + "---:|" * (len(heads) + len(extra))]
     for row in spec.rows:
         out = []
         for _, column, what in heads:
-            cell = cells[(row.name, column)]
+            cell, decimals = cells[(row.name, column)], spec.decimals_of(column)
             if what == "ours":
-                text = cell_text(cell, spec.decimals).replace("|", "\\|")
+                text = cell_text(cell, decimals).replace("|", "\\|")
                 out.append(f"**{text}**" if row.name in best.get(column, ()) else text)
             elif what == "delta":
-                out.append(fmt(delta(spec, cells, row.name, column), spec.decimals, signed=True))
+                out.append(fmt(delta(spec, cells, row.name, column), decimals, signed=True))
             else:
-                out.append(fmt(cell.reference, spec.decimals))
+                out.append(fmt(cell.reference, decimals))
+        out += [wins(spec, cells, row.name)] if extra else []
         lines.append(f"| {row.name} | " + " | ".join(out) + " |")
     lines.append("")
     failures = failure_lines(spec, cells)
@@ -194,15 +229,19 @@ def to_markdown(spec: TableSpec, cells, *, seeds, machine: str, footer: str = ""
 def to_csv(spec: TableSpec, cells) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["row", "column", "status", "n_seeds", "seeds", "mean", "std", "values", "reference",
-                     f"delta_vs_{spec.baseline_row or 'baseline'}", "error", "run_dirs"])
+    writer.writerow(["row", "column", "metric", "status", "n_seeds", "seeds", "mean", "std", "values",
+                     "reference", f"delta_vs_{spec.baseline_row or 'baseline'}",
+                     f"beats_{spec.baseline_row or 'baseline'}", "error", "run_dirs"])
     num = lambda v: "" if v is None else repr(round(v, 10))  # noqa: E731
     for row in spec.rows:
         for column in spec.columns:
             c = cells[(row.name, column.name)]
-            writer.writerow([row.name, column.name, c.status, len(c.values), " ".join(map(str, c.seeds)),
-                             num(c.mean), num(c.std), " ".join(num(v) for v in c.values), num(c.reference),
-                             num(delta(spec, cells, row.name, column.name)), " | ".join(c.errors),
+            beats = beats_baseline(spec, cells, row.name, column.name)
+            writer.writerow([row.name, column.name, spec.metric_of(column.name), c.status, len(c.values),
+                             " ".join(map(str, c.seeds)), num(c.mean), num(c.std),
+                             " ".join(num(v) for v in c.values), num(c.reference),
+                             num(delta(spec, cells, row.name, column.name)),
+                             "" if beats is None else str(beats).lower(), " | ".join(c.errors),
                              " ".join(c.run_dirs)])
     return buf.getvalue()
 
@@ -219,21 +258,24 @@ def tex_escape(text: str) -> str:
 def to_latex(spec: TableSpec, cells, *, seeds, machine: str) -> str:
     heads = header_columns(spec)
     best = best_rows(spec, cells)
+    extra = [f"wins vs {spec.baseline_row}"] if shows_wins(spec) else []
     lines = ["% generated by scripts/reproduce.py; needs \\usepackage{booktabs}", r"\begin{table}[t]",
-             r"\centering", r"\small", r"\begin{tabular}{l" + "r" * len(heads) + "}", r"\toprule",
-             "Method & " + " & ".join(tex_escape(h[0]) for h in heads) + r" \\", r"\midrule"]
+             r"\centering", r"\small", r"\begin{tabular}{l" + "r" * (len(heads) + len(extra)) + "}",
+             r"\toprule", "Method & " + " & ".join(tex_escape(h) for h in [h[0] for h in heads] + extra) + r" \\",
+             r"\midrule"]
     for row in spec.rows:
         out = []
         for _, column, what in heads:
-            cell = cells[(row.name, column)]
+            cell, decimals = cells[(row.name, column)], spec.decimals_of(column)
             if what == "ours":
-                text = tex_escape(cell_text(cell, spec.decimals).split(":", 1)[0]) \
-                    if cell.status == "failed" else tex_escape(cell_text(cell, spec.decimals))
+                text = tex_escape(cell_text(cell, decimals).split(":", 1)[0]) \
+                    if cell.status == "failed" else tex_escape(cell_text(cell, decimals))
                 out.append(rf"\textbf{{{text}}}" if row.name in best.get(column, ()) else text)
             elif what == "delta":
-                out.append(tex_escape(fmt(delta(spec, cells, row.name, column), spec.decimals, signed=True)))
+                out.append(tex_escape(fmt(delta(spec, cells, row.name, column), decimals, signed=True)))
             else:
-                out.append(tex_escape(fmt(cell.reference, spec.decimals)))
+                out.append(tex_escape(fmt(cell.reference, decimals)))
+        out += [tex_escape(wins(spec, cells, row.name))] if extra else []
         if spec.baseline_row is not None and row.name == spec.baseline_row and row is not spec.rows[-1]:
             lines.append(tex_escape(row.name) + " & " + " & ".join(out) + r" \\ \midrule")
         else:
@@ -249,22 +291,39 @@ def to_latex(spec: TableSpec, cells, *, seeds, machine: str) -> str:
 
 def to_png(spec: TableSpec, cells, path: Path, *, seeds) -> None:
     """Grouped bars (one group per row, one bar per column), std error bars, published values as
-    diamonds, the baseline row's mean as a dashed line, `failed` written where a cell has no value."""
+    diamonds, the baseline row's mean as a dashed line, `failed` written where a cell has no value.
+    Columns with metrics of their own get one panel each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows, columns = [r.name for r in spec.rows], [c.name for c in spec.columns]
+    rows = [r.name for r in spec.rows]
+    panels = [[c.name for c in spec.columns]] if spec.one_metric else [[c.name] for c in spec.columns]
+    per_panel = max(6.0, len(rows) * (0.3 + 0.25 * len(panels[0])) + 2)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(per_panel, 4.2 * len(panels)), squeeze=False)
+    for ax, columns in zip(axes[:, 0], panels):
+        _bars(ax, spec, cells, rows, columns)
+    axes[0, 0].set_title(f"{spec.title}\nmean ± std over seeds {', '.join(map(str, seeds))}", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120, metadata={"Software": None})
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _bars(ax, spec: TableSpec, cells, rows: list[str], columns: list[str]) -> None:
+    """One panel: the rows' bars for `columns` (which share one metric)."""
     width = 0.8 / len(columns)
-    fig, ax = plt.subplots(figsize=(max(6.0, len(rows) * (0.3 + 0.25 * len(columns)) + 2), 4.2))
-    shown = [v for c in cells.values() for v in ([c.mean] if c.mean is not None else []) +
+    mine = [cells[(r, c)] for r in rows for c in columns]
+    shown = [v for c in mine for v in ([c.mean] if c.mean is not None else []) +
              ([c.reference] if c.reference is not None else [])]
     low = min(shown) if shown else 0.0
-    high = max((c.mean or 0) + (c.std or 0) for c in cells.values()) if shown else 1.0
-    high = max([high] + [c.reference for c in cells.values() if c.reference is not None])
-    pad = 0.15 * (high - low) + 10 ** -spec.decimals
-    bottom = low - pad if 0 < low and low > 0.5 * high else 0.0   # zoom in on close positive values
+    high = max((c.mean or 0) + (c.std or 0) for c in mine) if shown else 1.0
+    high = max([high] + [c.reference for c in mine if c.reference is not None])
+    pad = 0.15 * (high - low) + 10 ** -spec.decimals_of(columns[0])
+    bottom = low - pad if 0 < low and low > 0.5 * high else (0.0 if low >= 0 else low - pad)
     for j, column in enumerate(columns):
         xs = [i - 0.4 + width * (j + 0.5) for i in range(len(rows))]
         means = [cells[(r, column)].mean for r in rows]
@@ -283,17 +342,9 @@ def to_png(spec: TableSpec, cells, path: Path, *, seeds) -> None:
                 ax.text(x, bottom, " " + cell.status, rotation=90, ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels(rows, rotation=30, ha="right")
-    scale = "" if spec.scale == 1 else f" x {spec.scale:g}"
-    ax.set_ylabel(f"{spec.metric}{scale}")
+    ax.set_ylabel(metric_label(spec, columns[0]).replace("`", ""))
     ax.set_ylim(bottom=bottom, top=high + 0.08 * (high - bottom + 1e-9))
-    ax.set_title(f"{spec.title}\nmean ± std over seeds {', '.join(map(str, seeds))}", fontsize=9)
     ax.legend(fontsize=7, ncol=min(4, len(columns) + 1))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120, metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_all(spec: TableSpec, cells, out_dir: Path, *, seeds, machine: str, footer: str = "") -> list[Path]:

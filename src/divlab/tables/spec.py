@@ -13,6 +13,9 @@ composed from `train` with its overrides (common, then column, then row, then ce
     baseline_row: CE-only        # optional: each row's difference from this row's mean
     rows:    [{name: KD, overrides: [divergence=forward_kl]}, ...]   # `kind: teacher` reads the cached teacher
     columns: [{name: "CNN -> MLP", overrides: [teacher=digits_cnn, student=digits_mlp]}, ...]
+             # a column may show its own metric of the same runs (metric: test/recall), with its own
+             # scale / decimals / higher_is_better; then the top-level metric is optional. Cells whose
+             # overrides are equal share one run, so a row of metric-columns trains once per seed.
     cell_overrides: {KD: {"CNN -> MLP": [distill.temperature=2]}}    # optional, per (row, column)
     reference: {KD: {"CNN -> MLP": 98.5}}   # optional published values, in shown units (after scale)
     notes: ["...", ...]          # optional lines printed under the table
@@ -35,12 +38,16 @@ class Axis:
     name: str
     overrides: tuple[str, ...] = ()
     kind: str = "run"
+    metric: str | None = None            # columns only: a metric of their own (else the table's)
+    scale: float | None = None
+    decimals: int | None = None
+    higher_is_better: bool | None = None
 
 
 @dataclass(frozen=True)
 class TableSpec:
     name: str
-    metric: str
+    metric: str | None
     rows: tuple[Axis, ...]
     columns: tuple[Axis, ...]
     seeds: tuple[int, ...] = (0,)
@@ -53,6 +60,29 @@ class TableSpec:
     cell_overrides: dict = field(default_factory=dict)   # {(row, column): (override, ...)}
     reference: dict = field(default_factory=dict)        # {(row, column): float}
     notes: tuple[str, ...] = ()
+
+    def column(self, name: str) -> Axis:
+        return next(c for c in self.columns if c.name == name)
+
+    def metric_of(self, column: str) -> str:
+        return self.column(column).metric or self.metric
+
+    def scale_of(self, column: str) -> float:
+        own = self.column(column).scale
+        return self.scale if own is None else own
+
+    def decimals_of(self, column: str) -> int:
+        own = self.column(column).decimals
+        return self.decimals if own is None else own
+
+    def higher_is_better_of(self, column: str) -> bool:
+        own = self.column(column).higher_is_better
+        return self.higher_is_better if own is None else own
+
+    @property
+    def one_metric(self) -> bool:
+        """True when every column shows the same metric (one axis for the bar chart)."""
+        return len({self.metric_of(c.name) for c in self.columns}) == 1
 
     def overrides(self, row: Axis, column: Axis) -> list[str]:
         """Every override of one cell but its seed: common, column, row, then the cell's own; where
@@ -97,18 +127,38 @@ def _axes(raw, key: str) -> tuple[Axis, ...]:
     for i, item in enumerate(raw):
         if not isinstance(item, (dict, DictConfig)) or not isinstance(item.get("name"), str):
             raise ConfigError(f"{key}[{i}] must be a mapping with a string `name` and a list `overrides`")
-        unknown = set(item) - {"name", "overrides", "kind"}
+        allowed = {"name", "overrides", "kind"} | (set(COLUMN_KEYS) if key == "columns" else set())
+        unknown = set(item) - allowed
         if unknown:
-            raise ConfigError(f"{key}[{i}] has unknown keys {sorted(unknown)}; use name, overrides, kind")
+            raise ConfigError(f"{key}[{i}] has unknown keys {sorted(unknown)}; use {', '.join(sorted(allowed))}")
         kind = item.get("kind", "run")
         if kind not in KINDS or (kind == "teacher" and key == "columns"):
             raise ConfigError(f"{key}[{i}].kind={kind!r} is not allowed; rows take kind: run or teacher")
-        axes.append(Axis(item.name, _strings(item.get("overrides"), f"{key}[{i}].overrides"), kind))
+        own = {k: COLUMN_KEYS[k](item[k], f"{key}[{i}].{k}") for k in COLUMN_KEYS if item.get(k) is not None}
+        axes.append(Axis(item.name, _strings(item.get("overrides"), f"{key}[{i}].overrides"), kind, **own))
     names = [a.name for a in axes]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConfigError(f"{key} names must be unique; repeated: {', '.join(dup)}")
     return tuple(axes)
+
+
+def _metric(value, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key} must be a metrics.json key such as test/acc, got {value!r}")
+    return value
+
+
+def _decimals(value, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 8:
+        raise ConfigError(f"{key} must be an integer from 0 to 8, got {value!r}")
+    return value
+
+
+def _flag(value, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
 
 
 def _per_cell(raw, key: str, rows, columns, convert) -> dict:
@@ -138,6 +188,10 @@ def _number(value, key: str) -> float:
     return float(value)
 
 
+# What a column may set for itself, and how each is checked.
+COLUMN_KEYS = {"metric": _metric, "scale": _number, "decimals": _decimals,
+               "higher_is_better": _flag}
+
 ALLOWED = {"title", "metric", "scale", "decimals", "higher_is_better", "seeds", "common_overrides",
            "baseline_row", "rows", "columns", "cell_overrides", "reference", "notes"}
 
@@ -151,9 +205,10 @@ def load_table(name: str, conf_dir: str | Path) -> TableSpec:
     unknown = set(raw) - ALLOWED
     if unknown:
         raise ConfigError(f"{path.name} has unknown keys {sorted(unknown)}; allowed: {', '.join(sorted(ALLOWED))}")
-    if not isinstance(raw.get("metric"), str):
-        raise ConfigError(f"{path.name}: metric must be set to a metrics.json key such as test/acc")
     rows, columns = _axes(raw.get("rows"), "rows"), _axes(raw.get("columns"), "columns")
+    if not isinstance(raw.get("metric"), str) and not all(c.metric for c in columns):
+        raise ConfigError(f"{path.name}: metric must be set to a metrics.json key such as test/acc "
+                          f"(or every column must give its own metric)")
     seeds = raw.get("seeds", [0])
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
@@ -162,11 +217,9 @@ def load_table(name: str, conf_dir: str | Path) -> TableSpec:
     if baseline is not None and baseline not in [r.name for r in rows]:
         raise ConfigError(f"baseline_row={baseline!r} is not one of the rows ({', '.join(r.name for r in rows)})")
     scale = _number(raw.get("scale", 1.0), "scale")
-    decimals = raw.get("decimals", 2)
-    if not isinstance(decimals, int) or not 0 <= decimals <= 8:
-        raise ConfigError(f"decimals must be an integer from 0 to 8, got {decimals!r}")
+    decimals = _decimals(raw.get("decimals", 2), "decimals")
     return TableSpec(
-        name=path.stem, metric=raw.metric, rows=rows, columns=columns, seeds=tuple(dict.fromkeys(seeds)),
+        name=path.stem, metric=raw.get("metric"), rows=rows, columns=columns, seeds=tuple(dict.fromkeys(seeds)),
         scale=scale, decimals=decimals, higher_is_better=bool(raw.get("higher_is_better", True)),
         title=str(raw.get("title") or path.stem), common_overrides=_strings(raw.get("common_overrides"),
                                                                             "common_overrides"),

@@ -78,11 +78,16 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"seed must be a non-negative integer, got {cfg.seed!r}")
     check_number(cfg, "trainer.max_epochs", low=1, strict=False)
     check_strategy_under_multirun(cfg)
-    if not cfg.task.get("uses_teacher", False):
+    uses = set(cfg.task.get("uses") or ())
+    for key in ("student", "teacher", "divergence"):
+        if key in uses and cfg.get(key) is None:
+            raise ConfigError(f"task={cfg.task.name} needs a {key}; choose one with {key}=<option>")
+    if "distill" in uses:
+        check_number(cfg, "distill.temperature", low=0.0, strict=True)
+        check_number(cfg, "distill.ce_weight", low=0.0, strict=False)
+        check_number(cfg, "distill.kd_weight", low=0.0, strict=False)
+    if "divergence" not in uses:
         return
-    check_number(cfg, "distill.temperature", low=0.0, strict=True)
-    check_number(cfg, "distill.ce_weight", low=0.0, strict=False)
-    check_number(cfg, "distill.kd_weight", low=0.0, strict=False)
     from divlab.divergences import available
 
     name = cfg.divergence.get("name")
