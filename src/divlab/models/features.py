@@ -91,3 +91,70 @@ def feature_shapes(model: nn.Module,
     finally:
         model.train(was_training)
     return {n: tuple(t.shape[1:]) for n, t in taps.features.items()}
+
+
+
+def stage_outputs(model: nn.Module) -> tuple[str, ...]:
+    """Every stage output of `model`, in order: zoo models' `stageK` feature_names; else top-level
+    children named `stageK` (SmallCNN); else, for a Sequential `net` of Linear/ReLU (MLP), each hidden ReLU."""
+    stages = [n for n in getattr(model, "feature_names", ()) if n.startswith("stage")]
+    if not stages:
+        stages = [n for n, _ in model.named_children() if n.startswith("stage") and n[5:].isdigit()]
+    if not stages and isinstance(getattr(model, "net", None), nn.Sequential):
+        stages = [f"net.{i}" for i, m in enumerate(model.net) if isinstance(m, nn.ReLU)]
+    return tuple(stages)
+
+
+def default_stages(model: nn.Module) -> tuple[str, ...]:
+    """The stages that get stage heads by default (OFA-KD): every stage output but the last, whose
+    features already feed the model's own classifier. Empty for a one-hidden-layer MLP."""
+    return stage_outputs(model)[:-1]
+
+
+class StageHead(nn.Sequential):
+    """A projector from one intermediate feature to class logits (OFA-KD, Hao et al. 2023, Sec. 3.2).
+
+    Maps (C, H, W): 1x1 conv to `width` channels, then depthwise-separable 3x3 stride-2 blocks until the
+    side is at most `out_side` (the side of the student's last stage), global average pool, linear.
+    Vectors (C,): Linear(C, width) + ReLU, then linear.
+    """
+
+    def __init__(self, *,
+                 shape: tuple[int, ...],  # per-example feature shape: (C, H, W) or (C,)
+                 num_classes: int,        # size of the logits
+                 width: int,              # channels (or units) of the projector
+                 out_side: int = 1):      # downsample maps until their side is <= this
+        layers: list[nn.Module] = []
+        if len(shape) == 3:
+            side = shape[1]
+            layers += [nn.Conv2d(shape[0], width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+            while side > max(out_side, 1):
+                layers += [nn.Conv2d(width, width, 3, 2, 1, groups=width, bias=False), nn.BatchNorm2d(width),
+                           nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+                side = (side + 1) // 2
+            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
+        elif len(shape) == 1:
+            layers += [nn.Linear(shape[0], width), nn.ReLU()]
+        else:
+            raise ConfigError(f"a stage head needs a (C, H, W) map or a (C,) vector, got a feature of shape "
+                              f"{tuple(shape)}; name another module in distill.stages")
+        super().__init__(*layers, nn.Linear(width, num_classes))
+
+
+def head_key(name: str) -> str:
+    """ModuleDict key of the head on feature `name` (dots are not allowed in keys)."""
+    return name.replace(".", "_")
+
+
+def build_stage_heads(model: nn.Module, names: Iterable[str], *,
+                      input_shape: tuple[int, ...],  # one example, e.g. (3, 32, 32)
+                      ) -> nn.ModuleDict:
+    """One StageHead per named feature of `model`, sized by a dry run (unknown names fail listing the
+    available ones). Width and output side: those of the model's last stage, the input of its classifier."""
+    names = list(names)
+    last = stage_outputs(model)[-1:]
+    shapes = feature_shapes(model, [*names, *last], input_shape=input_shape)
+    final = shapes[last[0]] if last else (max(s[0] for s in shapes.values()),)
+    width, out_side = final[0], (final[1] if len(final) == 3 else 1)
+    return nn.ModuleDict({head_key(n): StageHead(shape=shapes[n], num_classes=model.num_classes,
+                                                 width=width, out_side=out_side) for n in names})

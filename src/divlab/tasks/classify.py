@@ -7,14 +7,14 @@ run is bit-identical to an uninterrupted one on CPU), and divlab metadata in che
 
 from collections.abc import Callable
 
-from omegaconf import DictConfig
-
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
-from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+
+from divlab.tasks.running_means import RunningMeans
 
 CHECKPOINT_FORMAT = 1
 
@@ -27,9 +27,18 @@ def optimization(cfg: DictConfig) -> dict:
             "scheduler": instantiate(cfg.scheduler) if cfg.get("scheduler") else None, "seed": cfg.seed}
 
 
+def optimizer_config(params, optimizer_factory: Callable, scheduler_factory: Callable | None):
+    """What configure_optimizers returns: the optimiser over params, and its scheduler stepped per epoch."""
+    optimizer = optimizer_factory(params)
+    if scheduler_factory is None:
+        return optimizer
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler_factory(optimizer), "interval": "epoch"}}
+
+
 def build(cfg: DictConfig, *, datamodule=None) -> "ClassifyTask":
     """task.builder of task=classify: the student alone, trained with cross-entropy."""
-    from divlab.utils.checks import build as build_spec, check_models_agree
+    from divlab.utils.checks import build as build_spec
+    from divlab.utils.checks import check_models_agree
 
     student = build_spec(cfg.student.model)
     check_models_agree(data_classes=cfg.data.num_classes, student=student)
@@ -51,13 +60,11 @@ class ClassifyTask(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.best_val_acc, self.best_epoch = float("-inf"), -1
-        self.train_means = nn.ModuleDict()   # per-epoch means of training terms, logged at epoch end
+        self.train_means = RunningMeans()   # per-epoch means of training terms, logged at epoch end
 
     def track(self, name: str, value: torch.Tensor, n: int) -> None:
         """Accumulate a training term; cheaper per step than self.log, and all-reduced at epoch end."""
-        if name not in self.train_means:
-            self.train_means[name] = MeanMetric().to(self.device)
-        self.train_means[name].update(value.detach(), weight=n)
+        self.train_means.update(name, value, n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -74,9 +81,9 @@ class ClassifyTask(pl.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        for name, mean in self.train_means.items():
-            self.log(f"train/{name}", mean.compute())
-            mean.reset()
+        reduce_sum = lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
+        for name, mean in self.train_means.compute(reduce_sum).items():
+            self.log(f"train/{name}", mean)
 
     def _eval_step(self, batch, stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch
@@ -106,11 +113,8 @@ class ClassifyTask(pl.LightningModule):
         self.test_acc.reset()
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.model.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
-                                                         "interval": "epoch"}}
+        # the model and any heads a subclass adds
+        return optimizer_config(self.parameters(), self.optimizer_factory, self.scheduler_factory)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["divlab"] = {"format": CHECKPOINT_FORMAT, "kind": "lightning", "task": self.task_name,

@@ -38,7 +38,8 @@ class CifarResNet(nn.Module):
     def __init__(self, *,
                  depth: int,              # 6n + 2: 8, 14, 20, 32, 44, 56, 110
                  widths: Sequence[int],   # (stem, stage1, stage2, stage3) channels
-                 num_classes: int):       # size of the logits
+                 num_classes: int,        # size of the logits
+                 in_channels: int = 3):   # 1 for grey images (e.g. Fashion-MNIST)
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (8, 14, 20, ...), got {depth}")
@@ -46,7 +47,7 @@ class CifarResNet(nn.Module):
             raise ValueError(f"widths must be (stem, stage1, stage2, stage3) channels, got {tuple(widths)}")
         n = (depth - 2) // 6
         self.num_classes = num_classes
-        self.stem = conv_bn(3, widths[0])
+        self.stem = conv_bn(in_channels, widths[0])
         self.stage1 = _stage(widths[0], widths[1], n, stride=1)
         self.stage2 = _stage(widths[1], widths[2], n, stride=2)
         self.stage3 = _stage(widths[2], widths[3], n, stride=2)

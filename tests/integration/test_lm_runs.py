@@ -1,0 +1,67 @@
+"""Short `lm` and `seqmatch` runs through the CLI and the runner: arithmetic, a text file, DDP."""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from divlab.errors import ConfigError
+from divlab.runner import run
+
+ARITH_FAST = ["data.datamodule.n_train=300", "data.datamodule.n_val=40", "data.datamodule.n_test=40",
+              "data.datamodule.batch_size=32"]
+
+
+def test_lm_arith_from_the_command_line(run_cli, outputs):
+    result = run_cli("experiment=lm/arith", "debug=fast", "seed=1", "lm.sample_tokens=12", *ARITH_FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = outputs.glob("lm/lm/arith/*/seed1/metrics.json")
+    metrics = json.loads(path.read_text())["metrics"]
+    for key in ("val/loss", "val/ppl", "val/acc_clean", "test/loss", "test/ppl", "test/acc_clean", "test/acc_ood",
+                "test/bs_rate", "best/test/loss"):
+        assert key in metrics, key
+    assert metrics["test/ppl"] == pytest.approx(2.718281828 ** metrics["test/loss"], rel=1e-5)
+    assert 0 <= metrics["test/acc_clean"] <= 1 and 0 <= metrics["test/bs_rate"] <= 1
+    assert (path.parent / "samples.txt").read_text().count("--- sample") == 4
+    assert f"run_dir: {path.parent}" in result.stdout
+
+
+def test_seqmatch_arith_run(compose_cfg):
+    cfg = compose_cfg("experiment=seqmatch/arith", "divergence=chi2_mixture", "seqmatch.bc_epochs=0",
+                      "seqmatch.rollout_every=2", "seqmatch.rollout_batch=8", "seqmatch.p_noise=0.3", *ARITH_FAST)
+    record = run(cfg)
+    m = record["metrics"]
+    for key in ("train/sm", "train/nll", "train/bs_rate", "train/sm_psi", "test/acc_ood", "test/bs_rate_ood"):
+        assert key in m, key
+    assert all(v == v for v in m.values())     # no NaN
+    assert record["task"] == "seqmatch" and "/seqmatch/seqmatch/arith/" in record["run_dir"]
+
+
+def test_lm_on_a_text_file(compose_cfg, tmp_path):
+    text = tmp_path / "tiny.txt"
+    text.write_text("".join(f"{i}: the quick brown fox jumps over the lazy dog\n" for i in range(300)))
+    cfg = compose_cfg("task=lm", "data=shakespeare", f"data.path={text}", "student=gpt_tiny",
+                      "data.datamodule.block_size=32", "lm.sample_tokens=20")
+    record = run(cfg)
+    assert record["metrics"]["test/ppl"] > 1 and "test/acc_clean" not in record["metrics"]
+    samples = (Path(record["run_dir"]) / "samples.txt").read_text().splitlines()
+    prompts = [ast.literal_eval(line.split(", prompt ", 1)[1]) for line in samples if line.startswith("--- sample")]
+    assert len(prompts) == 4 and all(p in text.read_text() for p in prompts)   # prompts come from the text
+
+
+def test_seqmatch_refuses_a_divergence_without_a_regulariser(compose_cfg):
+    cfg = compose_cfg("experiment=seqmatch/arith", "divergence=total_variation", *ARITH_FAST)
+    with pytest.raises(ConfigError, match="no SequenceMatch regulariser"):
+        run(cfg)
+
+
+@pytest.mark.slow
+def test_seqmatch_ddp_sim(run_cli, outputs):
+    """Two CPU processes (ddp_spawn, gloo): rollouts per rank, metrics all-reduced."""
+    result = run_cli("experiment=seqmatch/arith", "trainer=ddp_sim", "debug=fast", "seqmatch.bc_epochs=0",
+                     "seqmatch.rollout_every=1", "seqmatch.rollout_batch=8", *ARITH_FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = outputs.glob("seqmatch/seqmatch/arith/*/seed0/metrics.json")
+    record = json.loads(path.read_text())
+    assert record["world_size"] == 2 and "test/acc_ood" in record["metrics"] and "train/bs_rate" in record["metrics"]
