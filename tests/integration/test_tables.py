@@ -308,6 +308,16 @@ def test_columns_with_their_own_metrics_read_one_run_and_count_wins(tmp_path):
     assert paths[3].stat().st_size > 0
 
 
+def test_teacher_rows_get_no_wins_count():
+    from divlab.tables.render import wins
+
+    spec = TableSpec(name="t", metric="test/acc", baseline_row="CE",
+                     rows=(Axis("teacher", kind="teacher"), Axis("CE"), Axis("KD")), columns=(Axis("a"), Axis("b")))
+    cells = {(r, c): Cell(r, c, values=[v], expected=1) for (r, v) in (("teacher", 0.99), ("CE", 0.9), ("KD", 0.95))
+             for c in ("a", "b")}
+    assert wins(spec, cells, "KD") == "2/2" and wins(spec, cells, "teacher") == "" and wins(spec, cells, "CE") == ""
+
+
 def test_column_metric_keys_are_checked(tmp_path):
     columns = [{"name": "a", "metric": "test/acc"}, {"name": "b", "metric": "test/ppl", "higher_is_better": False}]
     table = {**GRID, "metric": None, "columns": columns, "reference": None}

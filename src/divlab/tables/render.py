@@ -87,7 +87,7 @@ def beats_baseline(spec: TableSpec, cells, row: str, column: str) -> bool | None
 
 def wins(spec: TableSpec, cells, row: str) -> str:
     """`k/n`: the columns (of n with both means) where the row beats the baseline row."""
-    if row == spec.baseline_row:
+    if row == spec.baseline_row or next(r for r in spec.rows if r.name == row).kind == "teacher":
         return ""
     results = [beats_baseline(spec, cells, row, c.name) for c in spec.columns]
     known = [r for r in results if r is not None]
