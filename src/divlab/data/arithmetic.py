@@ -23,9 +23,9 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from divlab.data.loaders import eval_loader, seeded_train_loader
+from divlab.data.loaders import test_split_loader, train_split_loader, val_split_loader
 from divlab.data.tokenizers import CharTokenizer
 from divlab.errors import ConfigError
 
@@ -168,12 +168,6 @@ class ArithmeticDataModule(pl.LightningDataModule):
         self.setup()
         return self._splits[split]
 
-    def train_dataloader(self) -> DataLoader:
-        return seeded_train_loader(self._splits["train"], batch_size=self.batch_size, seed=self.seed,
-                                   num_workers=self.num_workers, trainer=self.trainer)
-
-    def val_dataloader(self) -> DataLoader:
-        return eval_loader(self._splits["val"], batch_size=256, num_workers=self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return eval_loader(self._splits["test"], batch_size=256, num_workers=self.num_workers)
+    train_dataloader = train_split_loader
+    val_dataloader = val_split_loader
+    test_dataloader = test_split_loader
