@@ -60,3 +60,19 @@ def run_cli(tmp_path, base_overrides):
                               env=env, capture_output=True, text=True, timeout=timeout)
 
     return _run
+
+
+@pytest.fixture
+def data_writer():
+    """data_writer(name) -> a file writer of tests/unit/test_data_modules.py (write_cifar, write_fashion, ...);
+    tests/ is not a package, so the module is loaded from its path."""
+    import importlib.util
+
+    def _load(name: str):
+        path = Path(__file__).resolve().parent / "unit" / "test_data_modules.py"
+        spec = importlib.util.spec_from_file_location("divlab_test_data_writers", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return getattr(module, name)
+
+    return _load

@@ -1,6 +1,5 @@
 """kd_cifar100: every cell composes to the published recipe; one cell runs one epoch on CIFAR-format files."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,14 +17,6 @@ CONF = ROOT / "conf"
 # DKD's beta per pair: mdistiller configs/cifar100/dkd/*.yaml (8 where the file leaves the default)
 DKD_BETA = {"resnet32x4 -> resnet8x4": 8.0, "resnet56 -> resnet20": 2.0, "wrn_40_2 -> wrn_16_2": 6.0,
             "wrn_40_2 -> wrn_40_1": 6.0, "resnet110 -> resnet32": 2.0, "vgg13 -> vgg8": 6.0}
-
-
-def load_writer(name: str):
-    """A file writer of tests/unit/test_data_modules.py (tests/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("divlab_test_data_writers", ROOT / "tests/unit/test_data_modules.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, name)
 
 
 def test_every_kd_cifar100_cell_composes_to_the_recipe(tmp_path):
@@ -67,9 +58,9 @@ def test_every_kd_cifar100_cell_composes_to_the_recipe(tmp_path):
 
 
 @pytest.mark.slow
-def test_one_kd_cifar100_cell_runs_one_epoch_on_cifar_format_files(tmp_path):
+def test_one_kd_cifar100_cell_runs_one_epoch_on_cifar_format_files(tmp_path, data_writer):
     """reproduce.py on the (teacher, DKD) x (resnet56 -> resnet20) corner of kd_cifar100, one tiny epoch."""
-    load_writer("write_cifar")(tmp_path / "data", 100)
+    data_writer("write_cifar")(tmp_path / "data", 100)
     raw = OmegaConf.to_container(OmegaConf.load(CONF / "table" / "kd_cifar100.yaml"))
     column = "resnet56 -> resnet20"
     raw["columns"] = [c for c in raw["columns"] if c["name"] == column]

@@ -1,7 +1,6 @@
 """kd_fashion: every cell composes; the OFA cell (stage heads on a grey-image zoo ResNet, teacher-logit cache)
 runs on Fashion-MNIST-format files."""
 
-import importlib.util
 from pathlib import Path
 
 import torch
@@ -14,14 +13,6 @@ from divlab.tables.spec import load_table
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
-
-
-def load_writer(name: str):
-    """A file writer of tests/unit/test_data_modules.py (tests/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("divlab_test_data_writers", ROOT / "tests/unit/test_data_modules.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, name)
 
 
 def test_every_kd_fashion_cell_composes(tmp_path):
@@ -42,8 +33,9 @@ def test_every_kd_fashion_cell_composes(tmp_path):
         GlobalHydra.instance().clear()
 
 
-def test_ofa_cell_runs_with_stage_heads_and_cached_teacher_logits(compose_cfg, tmp_path, teacher_dir, capsys):
-    load_writer("write_fashion")(tmp_path / "fashion", n_train=60, n_test=20)
+def test_ofa_cell_runs_with_stage_heads_and_cached_teacher_logits(compose_cfg, tmp_path, teacher_dir, capsys,
+                                                                  data_writer):
+    data_writer("write_fashion")(tmp_path / "fashion", n_train=60, n_test=20)
     cfg = compose_cfg("experiment=kd/fashion", "divergence=ofa", "distill.stages=auto",
                       f"data.datamodule.root={tmp_path / 'fashion'}", "data.datamodule.val_size=10",
                       "data.datamodule.batch_size=16")
