@@ -76,3 +76,20 @@ def data_writer():
         return getattr(module, name)
 
     return _load
+
+
+@pytest.fixture
+def generator_at_fit_start(monkeypatch) -> dict:
+    """Fills {'task': the OneStepTask that was fitted, 'before': its generator's weights when fitting started}."""
+    import divlab.tasks.one_step as one_step
+
+    seen = {}
+    original = one_step.OneStepTask.on_fit_start
+
+    def remember(self):
+        seen["before"] = {k: v.clone() for k, v in self.generator.state_dict().items()}
+        seen["task"] = self
+        original(self)
+
+    monkeypatch.setattr(one_step.OneStepTask, "on_fit_start", remember)
+    return seen

@@ -116,6 +116,17 @@ def task_builder(cfg: DictConfig):
                           f"LightningModule; fix task.builder in conf/task/{cfg.task.name}.yaml") from None
 
 
+def progress(trainer, last: Path) -> dict:
+    """epochs and global_step of the fit; under ddp_spawn the parent's trainer never stepped, so they
+    come from checkpoints/last.ckpt (written by the spawned rank 0)."""
+    if trainer.global_step == 0 and last.exists():
+        import torch
+
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        return {"epochs": int(ckpt.get("epoch", 0)) + 1, "global_step": int(ckpt.get("global_step", 0))}
+    return {"epochs": trainer.current_epoch, "global_step": trainer.global_step}
+
+
 def run(cfg: DictConfig, *, extra_callbacks=()) -> dict:
     """Train and test one config; returns the metrics.json record."""
     import lightning.pytorch as pl
@@ -173,7 +184,7 @@ def run(cfg: DictConfig, *, extra_callbacks=()) -> dict:
     record = {
         "metrics": metrics, "config_hash": run_dir.parent.name, "seed": cfg.seed, "task": cfg.task.name,
         "experiment": str(cfg.experiment_name), "run_dir": str(run_dir), "resumed_from": resume,
-        "epochs": trainer.current_epoch, "global_step": trainer.global_step,
+        **progress(trainer, last),
         "world_size": trainer.world_size, "wall_time_s": round(time.time() - start, 2),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": library_versions(),

@@ -3,8 +3,10 @@
 `teacher.checkpoint: auto` looks for `<paths.teacher_dir>/<hash>.ckpt`, where the hash covers the
 teacher architecture, the data config and the training recipe. When it is missing, the teacher
 is trained under a file lock, so parallel sweep jobs never train it twice, by the task its recipe
-names in `teacher.train.task`: `classify` (the default; KD teachers) or `denoise` (EDM diffusion
-teachers, divlab.tasks.denoise; the cached weights are the EMA weights of the EDMPrecond).
+names in `teacher.train.task`: `classify` (the default; KD teachers), `denoise` (EDM diffusion
+teachers, divlab.tasks.denoise; the cached weights are the EMA weights of the EDMPrecond) or `lm`
+(a GPT by maximum likelihood on token data; the text judge of divlab.metrics.judge, which passes
+its config here as `teacher` and `role="judge"`).
 An explicit path must be a divlab checkpoint (a cached teacher or a run's `last.ckpt`/best
 checkpoint) and is loaded with `weights_only=True`.
 """
@@ -62,19 +64,23 @@ def freeze(model: nn.Module) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def provision_teacher(cfg: DictConfig, model: nn.Module) -> nn.Module:
-    """`model` (built from cfg.teacher.model) with its weights loaded or trained-and-cached, frozen."""
+def provision_teacher(cfg: DictConfig, model: nn.Module, *, role: str = "teacher",
+                      key: str | None = None) -> nn.Module:
+    """`model` (built from cfg.teacher.model) with its weights loaded or trained-and-cached, frozen.
+    `role` names the model in messages (the judge's config is passed here as cfg.teacher); `key` is the
+    setting that holds the checkpoint (default `<role>.checkpoint`)."""
+    key = key or f"{role}.checkpoint"
     ckpt_setting = cfg.teacher.checkpoint
     if ckpt_setting in (None, "auto"):
         path = cached_teacher_path(cfg)
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
             if not path.exists():
-                train_teacher(cfg, path)
+                train_teacher(cfg, path, role=role)
     else:
         path = Path(str(ckpt_setting))
-    ckpt = read_divlab_checkpoint(path, key="teacher.checkpoint")
-    load_weights(model, ckpt, key="teacher.checkpoint", path=path)
+    ckpt = read_divlab_checkpoint(path, key=key)
+    load_weights(model, ckpt, key=key, path=path)
     return freeze(model)
 
 
@@ -84,7 +90,7 @@ def teacher_record(cfg: DictConfig) -> dict | None:
     return read_json(sidecar) if sidecar.exists() else None
 
 
-TEACHER_TASKS = ("classify", "denoise")
+TEACHER_TASKS = ("classify", "denoise", "lm")
 
 
 def teacher_task(cfg: DictConfig, recipe: DictConfig):
@@ -107,27 +113,40 @@ def teacher_task(cfg: DictConfig, recipe: DictConfig):
                            sample_steps=recipe.sample_steps, eval_samples=recipe.eval_samples,
                            task_name="teacher")
         return task.ema.module, task, {"sigma_data": task.model.sigma_data}
+    if name == "lm":
+        from divlab.tasks.lm import LMTask
+
+        model = instantiate(cfg.teacher.model)
+        scheduler = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=recipe.max_epochs)
+        task = LMTask(model=model, tokenizer=build(cfg.data.datamodule).tokenizer,
+                      optimizer=instantiate(recipe.optimizer), scheduler=scheduler, seed=recipe.seed,
+                      n_samples=0, text_windows=0, task_name="teacher")
+        return model, task, {"vocab_size": int(model.vocab_size)}
     raise ConfigError(f"teacher.train.task={name!r} cannot train a teacher; choose one of {', '.join(TEACHER_TASKS)}")
 
 
-def train_teacher(cfg: DictConfig, path: Path) -> None:
+def train_teacher(cfg: DictConfig, path: Path, *, role: str = "teacher") -> None:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import RichProgressBar
 
     recipe = cfg.teacher.train
-    print(f"training the teacher once ({recipe.max_epochs} epochs); it is cached as {path}", flush=True)
+    print(f"training the {role} once ({recipe.max_epochs} epochs); it is cached as {path}", flush=True)
     start = time.time()
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     model, task, extra_meta = teacher_task(cfg, recipe)
     datamodule = build(cfg.data.datamodule, seed=recipe.seed)
     progress = cfg.trainer.get("enable_progress_bar", True)
     trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, max_epochs=recipe.max_epochs,
-                         logger=False, enable_checkpointing=False, deterministic=True,
+                         limit_train_batches=recipe.get("limit_train_batches") or 1.0, logger=False, enable_checkpointing=False, deterministic=True,
                          num_sanity_val_steps=0, enable_model_summary=False,
                          enable_progress_bar=progress, callbacks=[RichProgressBar()] if progress else [])
-    trainer.fit(task, datamodule=datamodule)
-    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "best/"))}
-    test = trainer.test(task, datamodule=datamodule, verbose=False)[0]
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        trainer.fit(task, datamodule=datamodule)
+        val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "best/"))}
+        test = trainer.test(task, datamodule=datamodule, verbose=False)[0]
+    finally:   # this Trainer's deterministic=True is global in torch; the run that asked keeps its own setting
+        torch.use_deterministic_algorithms(deterministic)
     metrics = {**val, **{k: float(v) for k, v in test.items()}}
     meta = {"format": 1, "kind": "teacher", **extra_meta, "hash": path.stem, "metrics": metrics}
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -139,4 +158,17 @@ def train_teacher(cfg: DictConfig, path: Path) -> None:
         "teacher": OmegaConf.to_container(cfg.teacher, resolve=True),
         "data": OmegaConf.to_container(cfg.data, resolve=True)})
     shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test/"))
-    print(f"teacher trained in {time.time() - start:.1f} s: {shown}", flush=True)
+    print(f"{role} trained in {time.time() - start:.1f} s: {shown}", flush=True)
+
+
+def model_view(cfg: DictConfig, spec: dict, *, batch_size: int | None = None) -> DictConfig:
+    """The config `provision_teacher` reads for a model that is not the run's teacher (the text judge,
+    SequenceMatch's behaviour-cloning start): `teacher` = spec (model, checkpoint, train), the run's data
+    (with `batch_size` while it trains, when given) and the run's paths and accelerator."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    if batch_size:
+        data["datamodule"]["batch_size"] = int(batch_size)
+    return OmegaConf.create({
+        "teacher": spec, "data": data, "paths": OmegaConf.to_container(cfg.paths, resolve=True),
+        "trainer": {"accelerator": cfg.trainer.accelerator,
+                    "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True)}})

@@ -45,6 +45,7 @@ def test_multirun_two_jobs_with_ddp_spawn(run_cli, outputs):
     records = [json.loads(p.read_text()) for p in metrics_files(outputs)]
     assert len(records) == 2 and len({r["run_dir"] for r in records}) == 2
     assert all(r["world_size"] == 2 and "test/acc" in r["metrics"] for r in records)
+    assert all(r["global_step"] > 0 and r["epochs"] >= 1 for r in records)   # read back from last.ckpt
     assert result.stdout.count("run_dir: ") == 2
 
 

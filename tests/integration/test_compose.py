@@ -29,6 +29,8 @@ CASES = [(g, o) for g in GROUPS for o in options(g)]
 LM = ("task=lm", "data=arith", "student=gpt_tiny")
 DENOISE = ("task=denoise", "data=ring8", "student=edm_mlp2d")
 ONE_STEP = ("task=one_step", "data=ring8", "student=edm_mlp2d", "teacher=edm_mlp2d")
+DENOISE_DIGITS = ("task=denoise", "+data.sigma_data=1.0")      # data=digits has no sigma_data of its own
+ONE_STEP_DIGITS = ("experiment=onestep/digits",)
 CIFAR_ZOO = ("resnet", "wrn_", "vgg", "MobileNet", "Shuffle")
 PARTNERS = {
     "task": {"lm": LM, "seqmatch": LM, "mix_lm": ("data=mixture",), "denoise": DENOISE,
@@ -36,8 +38,9 @@ PARTNERS = {
              "superpose": ("data=grid25", "teacher=edm_gmm_exact")},
     "data": {"arith": LM, "shakespeare": ("task=lm", "student=gpt_small"), "mixture": ("task=mix_lm",), "ring8": DENOISE,
              "grid25": DENOISE, "moons": DENOISE, "swissroll": DENOISE},
-    "student": {"gpt_tiny": LM, "gpt_small": LM, "edm_mlp2d": DENOISE},
-    "teacher": {"edm_mlp2d": ONE_STEP, "edm_gmm_exact": ONE_STEP},
+    "student": {"gpt_tiny": LM, "gpt_small": LM, "edm_mlp2d": DENOISE, "edm_unet_digits": DENOISE_DIGITS},
+    "teacher": {"edm_mlp2d": ONE_STEP, "edm_gmm_exact": ONE_STEP, "edm_unet_digits": ONE_STEP_DIGITS},
+    "experiment": {"lm/_shakespeare_common": ("task=lm",)},     # the shared part of lm/ and seqmatch/shakespeare
 }
 
 
@@ -101,6 +104,9 @@ def build_other_task(cfg, dm) -> None:
 
     builder = task_builder(cfg)
     assert callable(builder)
+    if cfg.get("seqmatch") and cfg.seqmatch.get("init") == "auto":   # would train its behaviour-cloning start
+        assert isinstance(OmegaConf.to_container(cfg.seqmatch.init_train, resolve=True), dict)
+        cfg.seqmatch.init = None
     if "teacher" in (cfg.task.uses or ()):
         assert isinstance(OmegaConf.to_container(cfg.teacher, resolve=True), dict)
     else:

@@ -27,10 +27,10 @@ def parse(prompt: str, answer: str, base: int, reverse: bool) -> tuple[int, int]
     return (a + b if op == "+" else a - b), int(answer, base)
 
 
-@pytest.mark.parametrize("base,reverse", [(10, False), (5, True)])
-def test_problems_answers_and_splits(base, reverse):
+@pytest.mark.parametrize("base,reverse,pad", [(10, False, False), (5, True, False), (10, True, True)])
+def test_problems_answers_and_splits(base, reverse, pad):
     dm = ArithmeticDataModule(base=base, n_digits=3, n_train=300, n_val=50, n_test=60, data_seed=1,
-                              reverse_answer=reverse)
+                              reverse_answer=reverse, pad_operands=pad)
     dm.setup()
     tok = dm.tokenizer
     seen = {}
@@ -42,12 +42,14 @@ def test_problems_answers_and_splits(base, reverse):
             ids = ds.tokens[i, : ds.length[i]].tolist()
             assert ids == tok.encode(prompt, add_bos=True) + tok.encode(answer, add_eos=True)
             assert int(ds.prompt_len[i]) == len(prompt) + 1
+            if pad:   # both operands have exactly n_digits digits
+                assert len(prompt) == 3 + 1 + 3 + 1
             assert (ds.tokens[i, ds.length[i]:] == tok.pad_id).all()
             assert seen.setdefault(prompt, split) == split      # no problem in two splits
     assert len(seen) == 410
     # the same data_seed gives the same problems
     again = ArithmeticDataModule(base=base, n_digits=3, n_train=300, n_val=50, n_test=60, data_seed=1,
-                                 reverse_answer=reverse)
+                                 reverse_answer=reverse, pad_operands=pad)
     assert again.dataset("test").texts == dm.dataset("test").texts
 
 
@@ -76,6 +78,7 @@ def test_targets_are_the_answer_tokens():
     kept = [t for t in targets[0].tolist() if t != -100]
     assert kept == dm.tokenizer.encode(answer, add_eos=True)
     assert problem_text(12, 30, "-", 10) == ("12-30=", "-18")
+    assert problem_text(3, 30, "-", 10, reverse=True, width=2) == ("03-30=", "-72")
 
 
 def test_bad_arithmetic_settings():
@@ -104,6 +107,22 @@ def test_text_windows_from_a_file(tmp_path):
         TextWindowsDataModule(path=str(tmp_path / "missing.txt")).setup()
     with pytest.raises(ConfigError, match="block_size"):
         TextWindowsDataModule(path=str(path), block_size=10_000).setup()
+
+
+def test_text_windows_from_a_local_hugging_face_dataset(tmp_path, monkeypatch):
+    """corpus=hf:<dataset>: any `datasets.load_dataset` source; a local folder of .txt files is offline."""
+    import datasets  # a dependency of divlab (pyproject)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")   # no writes outside tmp
+    folder = tmp_path / "tiny_ds"
+    folder.mkdir()
+    lines = [f"row {i}: all the world's a stage" for i in range(120)]
+    (folder / "train.txt").write_text("\n".join(lines) + "\n")
+    dm = TextWindowsDataModule(corpus=f"hf:{folder}", block_size=32, batch_size=4)
+    dm.setup()
+    first = bytes(dm.dataset("train")[0]["tokens"].tolist()).decode()
+    assert first == "\n\n".join(lines)[:33]          # the `text` field of the train split, rows joined
+    with pytest.raises(ConfigError, match="could not be loaded by datasets.load_dataset"):
+        TextWindowsDataModule(corpus=f"hf:{tmp_path / 'no_such_dataset'}").setup()
 
 
 def test_text_windows_from_the_shakespeare_corpus():

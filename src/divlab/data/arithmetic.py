@@ -61,15 +61,16 @@ def draw_problems(n: int, *, base: int, n_digits: int, ops: str, rng: np.random.
     return np.stack([codes // (m * len(ops)), (codes // len(ops)) % m, codes % len(ops)], axis=1)
 
 
-def problem_text(a: int, b: int, op: str, base: int, *, reverse: bool = False) -> tuple[str, str]:
+def problem_text(a: int, b: int, op: str, base: int, *, reverse: bool = False, width: int = 0) -> tuple[str, str]:
     """("a+b=", "answer") in `base`; with `reverse` the answer's digits come least significant first
-    (after the sign), which a small model learns in fewer steps (carries flow left to right)."""
+    (after the sign), which a small model learns in fewer steps (carries flow left to right); `width` > 0
+    writes both operands with leading zeros to that many digits (aligned digits: also fewer steps)."""
     value = a + b if op == "+" else a - b
     answer = to_base(value, base)
     if reverse:
         sign, digits = ("-", answer[1:]) if answer.startswith("-") else ("", answer)
         answer = sign + digits[::-1]
-    return f"{to_base(a, base)}{op}{to_base(b, base)}=", answer
+    return f"{to_base(a, base).zfill(width)}{op}{to_base(b, base).zfill(width)}=", answer
 
 
 def ood_prefix(answer: str, *, base: int, rng: np.random.Generator) -> str:
@@ -87,7 +88,7 @@ class ArithmeticDataset(Dataset):
     """Padded token tensors of a list of problems (see the module docstring for the fields)."""
 
     def __init__(self, problems: np.ndarray, *, tokenizer: CharTokenizer, base: int, ops: str,
-                 max_len: int, reverse: bool, ood_rng: np.random.Generator | None):
+                 max_len: int, reverse: bool, ood_rng: np.random.Generator | None, width: int = 0):
         self.texts = []
         n = len(problems)
         self.tokens = torch.full((n, max_len), tokenizer.pad_id, dtype=torch.long)
@@ -96,7 +97,7 @@ class ArithmeticDataset(Dataset):
         self.ood_tokens = torch.full((n, max_len), tokenizer.pad_id, dtype=torch.long) if ood_rng else None
         self.ood_len = torch.zeros(n, dtype=torch.long)
         for i, (a, b, op) in enumerate(problems.tolist()):
-            prompt, answer = problem_text(a, b, ops[op], base, reverse=reverse)
+            prompt, answer = problem_text(a, b, ops[op], base, reverse=reverse, width=width)
             self.texts.append((prompt, answer))
             p = tokenizer.encode(prompt, add_bos=True)
             ids = p + tokenizer.encode(answer, add_eos=True)
@@ -125,6 +126,7 @@ class ArithmeticDataModule(pl.LightningDataModule):
                  n_digits: int = 2,          # most digits of an operand
                  ops: str = "+-",            # which operations: "+", "-" or "+-"
                  reverse_answer: bool = False,  # answer digits least significant first
+                 pad_operands: bool = False,    # operands written with leading zeros to n_digits digits
                  n_train: int = 8000,        # training problems
                  n_val: int = 500,           # validation problems
                  n_test: int = 1000,         # test problems (each also gives one OOD prefix)
@@ -142,6 +144,7 @@ class ArithmeticDataModule(pl.LightningDataModule):
         if min(n_train, n_val, n_test) < 1:
             raise ConfigError("data.datamodule.n_train, n_val and n_test must all be >= 1")
         self.base, self.n_digits, self.ops, self.reverse_answer = base, n_digits, ops, reverse_answer
+        self.pad_operands = pad_operands
         self.n_train, self.n_val, self.n_test = n_train, n_val, n_test
         self.batch_size, self.data_seed, self.seed, self.num_workers = batch_size, data_seed, seed, num_workers
         self.tokenizer = arithmetic_tokenizer(base)
@@ -158,7 +161,7 @@ class ArithmeticDataModule(pl.LightningDataModule):
                                  n_digits=self.n_digits, ops=self.ops, rng=rng)
         bounds = np.cumsum([0, self.n_train, self.n_val, self.n_test])
         common = dict(tokenizer=self.tokenizer, base=self.base, ops=self.ops, max_len=self.max_len,
-                      reverse=self.reverse_answer)
+                      reverse=self.reverse_answer, width=self.n_digits if self.pad_operands else 0)
         self._splits = {
             name: ArithmeticDataset(problems[lo:hi], ood_rng=None if name == "train" else
                                     np.random.default_rng([self.data_seed, i]), **common)

@@ -61,6 +61,17 @@ class DigitsDataModule(pl.LightningDataModule):
         self._splits = {name: TensorDataset(x[i], y[i]) for name, i in
                         (("train", tr), ("val", va), ("test", te))}
 
+    mixture = None      # not a Gaussian mixture (the one-step tasks' mode metrics do not apply)
+
+    def points(self, split: str) -> torch.Tensor:
+        """All (normalised) images of a split, (n, 1, 8, 8): the reference set of sample metrics."""
+        self.setup()
+        return self._splits[split].tensors[0]
+
+    def labels(self, split: str) -> torch.Tensor:
+        self.setup()
+        return self._splits[split].tensors[1]
+
     train_dataloader = train_split_loader
     val_dataloader = val_split_loader
     test_dataloader = test_split_loader

@@ -90,7 +90,7 @@ def read_group_text(name: str, *, max_chars: int | None) -> str:
     try:
         rows = datasets.load_dataset(dataset, split=split)
     except Exception as err:
-        raise ConfigError(f"data.groups entry {name!r} could not be loaded by datasets.load_dataset "
+        raise ConfigError(f"data source {name!r} (data.groups or data.datamodule.corpus) could not be loaded by datasets.load_dataset "
                           f"({type(err).__name__}: {err}); check the name or download it first.") from None
     parts, total = [], 0
     for text in rows[field]:

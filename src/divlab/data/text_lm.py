@@ -49,16 +49,18 @@ def read_text(*, corpus: str | None, path: str | None, max_chars: int | None) ->
             raise ConfigError(f"data.datamodule.path={path} is not a file")
         text = file.read_text(encoding="utf-8", errors="replace")
         return text[:max_chars] if max_chars else text
-    from divlab.data.corpora import read_corpus
+    from divlab.data.mixture import read_group_text
 
-    return read_corpus(corpus, max_chars=max_chars)
+    return read_group_text(corpus, max_chars=max_chars)   # a named corpus, or hf:<dataset>[:<split>[:<field>]]
 
 
 class TextWindowsDataModule(pl.LightningDataModule):
     """Byte-level LM windows over a corpus or a text file."""
 
+    kind = "text"   # tasks read this: text-generation metrics, judge, SequenceMatch text rollouts
+
     def __init__(self, *,
-                 corpus: str | None = "shakespeare",  # a name read_corpus knows; null when path is set
+                 corpus: str | None = "shakespeare",  # a name read_corpus knows or hf:<dataset>[:<split>[:<field>]]; null when path is set
                  path: str | None = None,             # a UTF-8 text file instead of a named corpus
                  max_chars: int | None = None,        # keep only the first characters (None: all)
                  block_size: int = 128,               # tokens a model sees per window
@@ -96,6 +98,10 @@ class TextWindowsDataModule(pl.LightningDataModule):
     def dataset(self, split: str) -> WindowDataset:
         self.setup()
         return self._splits[split]
+
+    def content_ids(self) -> list[int]:
+        """The token ids that occur in the train split (SequenceMatch draws its noise tokens from them)."""
+        return torch.unique(self.dataset("train").windows).tolist()
 
     def train_dataloader(self) -> DataLoader:
         return seeded_train_loader(self._splits["train"], batch_size=self.batch_size, seed=self.seed,

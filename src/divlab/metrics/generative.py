@@ -74,6 +74,18 @@ def evaluate_samples(generated: Tensor, reference: Tensor, *, mixture=None) -> d
     return out
 
 
+def save_figure(fig, path: Path, *, title: str = "") -> None:
+    """Title, tight layout, write (parents created) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def scatter_plot(path: Path, panels: dict[str, Tensor], *, title: str = "") -> None:
     """Side-by-side 2-D scatter plots (matplotlib, Agg backend) saved to `path`."""
     import matplotlib
@@ -90,12 +102,7 @@ def scatter_plot(path: Path, panels: dict[str, Tensor], *, title: str = "") -> N
         ax.set_title(name, fontsize=9)
         ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim), ax.set_aspect("equal")
         ax.set_xticks([]), ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, title=title)
 
 
 @torch.no_grad()

@@ -142,7 +142,7 @@ class DenoiseTask(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         dm = self.trainer.datamodule
-        if not hasattr(dm, "points"):       # image data: the loss only
+        if not hasattr(dm, "points") or len(dm.input_shape) > 1:   # image data: the loss only
             return
         from divlab.metrics.generative import evaluate_sampler
 

@@ -9,9 +9,14 @@ mean loss) and the same under test/. On arithmetic data (batches with `ood_token
 decodes greedily with the backspace-aware sampler and logs exact-match accuracy on clean prompts
 (test/acc_clean), on OOD prefixes (test/acc_ood: a correct answer prefix with one wrong digit,
 which only a `<bs>` can remove) and the fraction of actions that were `<bs>` (test/bs_rate,
-test/bs_rate_ood); the validation epoch logs val/acc_clean. On text, the test also samples continuations of
-the windows' first 16 tokens (lm.temperature, lm.top_k) and logs test/distinct_2 and test/repetition_4
-(`divlab.metrics.text`). After fitting, a few samples
+test/bs_rate_ood); the validation epoch logs val/acc_clean. On text (data whose datamodule has
+kind "text"), the test also continues the first `lm.text_prompt_tokens` tokens of the first
+`lm.text_windows` test windows by `lm.text_new_tokens` tokens (lm.temperature, lm.top_k; the
+backspace-aware sampler, so a `<bs>` deletes and test/bs_rate counts them) and, at the end of the
+test epoch, logs test/distinct_2, test/distinct_3 and test/repetition_4 of the continuations (and of
+the real next tokens, *_real); with a judge (`cfg.judge`, divlab.metrics.judge) also test/judge_ppl
+(judge_ppl_real for the real continuations) and test/mauve (MAUVE-style score between the judge's
+features of real and generated continuations; `divlab.metrics.text`). After fitting, a few samples
 (temperature / top-k, `GPT.generate`) are written to <run_dir>/samples.txt.
 
 `lm_loss` and `action_mask` are shared with other LM tasks (data mixing imports them).
@@ -83,11 +88,36 @@ def eval_settings(cfg: DictConfig) -> dict:
             "n_samples": int(lm.get("n_samples", 4)), "sample_tokens": int(lm.get("sample_tokens", 200))}
 
 
+def text_eval_settings(cfg: DictConfig, datamodule) -> dict:
+    """The text test's settings and the judge (cfg.judge, or None); {} on data that is not text (a judge
+    configured there raises). Unset lm.text_* default to 128 windows, prompts of min(32, window / 4)
+    tokens and continuations of min(64, the rest of the window)."""
+    from divlab.metrics.judge import build_judge
+
+    if getattr(datamodule, "kind", None) != "text":
+        build_judge(cfg, datamodule)
+        return {}
+    lm = cfg.get("lm") or {}
+    prompt = int(lm.get("text_prompt_tokens") or min(32, max(1, datamodule.max_len // 4)))
+    new = int(lm.get("text_new_tokens") or min(64, datamodule.max_len - prompt))
+    windows = int(lm.get("text_windows", 128))
+    if prompt + new > datamodule.max_len:
+        raise ConfigError(f"lm.text_prompt_tokens + lm.text_new_tokens = {prompt + new} is longer than the data's "
+                          f"windows ({datamodule.max_len} tokens); lower them or raise data.datamodule.block_size")
+    judge = build_judge(cfg, datamodule)
+    if judge is not None and judge.context_length < prompt + new:
+        raise ConfigError(f"judge.model.context_length={judge.context_length} is shorter than "
+                          f"lm.text_prompt_tokens + lm.text_new_tokens = {prompt + new}; raise it")
+    clusters = int(cfg.judge.get("mauve_clusters", 16)) if judge is not None else 16
+    return {"text_data": True, "text_prompt_tokens": prompt, "text_new_tokens": new, "text_windows": windows,
+            "judge": judge, "mauve_clusters": clusters}
+
+
 def build(cfg: DictConfig, *, datamodule=None) -> LMTask:
     """task.builder of task=lm: the student GPT trained by maximum likelihood."""
     model = build_student(cfg, datamodule)
     return LMTask(model=model, tokenizer=datamodule.tokenizer, run_dir=cfg.get("run_dir"), **eval_settings(cfg),
-                  **optimization(cfg))
+                  **text_eval_settings(cfg, datamodule), **optimization(cfg))
 
 
 class LMTask(pl.LightningModule):
@@ -102,8 +132,23 @@ class LMTask(pl.LightningModule):
                  n_samples: int = 4,                 # samples written after fitting
                  sample_tokens: int = 200,           # tokens per sample
                  run_dir: str | None = None,         # samples.txt goes here (rank 0); None: not written
+                 text_data: bool = False,            # text windows: the test samples and scores continuations
+                 text_prompt_tokens: int = 32,       # text test: prompt = the first tokens of a test window
+                 text_new_tokens: int = 64,          # text test: tokens sampled after it (the real ones are the reference)
+                 text_windows: int = 128,            # text test: windows continued (0: no text metrics)
+                 judge=None,                         # divlab.metrics.judge.Judge (judge_ppl, mauve); outside the module tree
+                 mauve_clusters: int = 16,           # k-means clusters of the MAUVE-style score
                  task_name: str = "lm"):             # recorded in checkpoints
         super().__init__()
+        if text_prompt_tokens < 1 or text_new_tokens < 4 or text_windows < 0:
+            raise ConfigError("lm.text_prompt_tokens must be >= 1, lm.text_new_tokens >= 4 and lm.text_windows >= 0")
+        if text_data and text_windows and model.context_length < text_prompt_tokens + text_new_tokens * 5 // 4:
+            raise ConfigError(f"student.model.context_length={model.context_length} is shorter than a text-test "
+                              f"sample ({text_prompt_tokens + text_new_tokens * 5 // 4} tokens); lower lm.text_* or raise it")
+        self.text_data, self.text_prompt_tokens = text_data, text_prompt_tokens
+        self.text_new_tokens, self.text_windows, self.mauve_clusters = text_new_tokens, text_windows, mauve_clusters
+        self._judge = (judge,)             # a tuple hides it from nn.Module registration: never trained or saved
+        self._text = None                  # the test epoch's prompts, generated and real continuations
         if temperature < 0:
             raise ConfigError(f"lm.temperature must be >= 0, got {temperature}")
         if top_k is not None and top_k < 1:
@@ -160,8 +205,8 @@ class LMTask(pl.LightningModule):
         self.track(f"{stage}/loss", loss, n, train=False)
         if "ood_tokens" in batch:
             self.arithmetic_accuracy(batch, stage)
-        elif stage == "test" and self.n_samples > 0:
-            self.text_statistics(batch)
+        elif stage == "test" and self.text_data and self.text_windows > 0:
+            self.collect_text(batch)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
@@ -182,8 +227,22 @@ class LMTask(pl.LightningModule):
             return
         self._log_eval()
 
+    def setup(self, stage: str) -> None:
+        if stage == "test" and self.judge is not None:
+            self.judge.get()      # a judge not cached yet is trained now, once (divlab.metrics.judge)
+
+    def on_test_epoch_start(self) -> None:
+        self._text = {"prompts": [], "generated": [], "real": []}
+        if self.judge is not None:
+            self.judge.get().to(self.device).eval()
+
     def on_test_epoch_end(self) -> None:
+        self.text_metrics()
         self._log_eval()
+
+    @property
+    def judge(self):
+        return self._judge[0]
 
     @torch.no_grad()
     def arithmetic_accuracy(self, batch: dict, stage: str) -> None:
@@ -212,20 +271,44 @@ class LMTask(pl.LightningModule):
         self.model.train(was_training)
 
     @torch.no_grad()
-    def text_statistics(self, batch: dict, *, prompt_tokens: int = 16, new_tokens: int = 64) -> None:
-        """distinct-2 and 4-gram repetition of sampled continuations of the batch's windows (test/*)."""
-        from divlab.metrics.text import distinct_n, repetition_rate
-
-        tokens = batch["tokens"][: self.n_samples, : min(prompt_tokens, batch["tokens"].shape[1] - 1)]
+    def collect_text(self, batch: dict) -> None:
+        """Continue the first text_prompt_tokens tokens of the batch's windows (up to text_windows per test
+        epoch) with the backspace-aware sampler; keep prompts, continuations (backspaces applied, at most
+        text_new_tokens) and the real next tokens for `text_metrics`."""
+        store, tok = self._text, self.tokenizer
+        tokens = batch["tokens"][: self.text_windows - len(store["prompts"])]
+        if len(tokens) == 0:
+            return
+        p, n = self.text_prompt_tokens, self.text_new_tokens
+        prompts, width = tokens[:, :p], torch.full((len(tokens),), p, device=self.device)
+        generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + len(store["prompts"]))
         was_training = self.model.training
         self.model.eval()
-        out = self.model.generate(tokens, max_new_tokens=new_tokens, temperature=self.temperature, top_k=self.top_k,
-                                  generator=torch.Generator(device=self.device).manual_seed(self.seed))
+        rollout = sample_with_backspace(        # a few spare actions, so rows with <bs> still reach n tokens
+            self.model, prompts, input_len=width, prompt_len=width, max_steps=n * 5 // 4, bs_id=tok.bs_id,
+            eos_id=tok.eos_id, pad_id=tok.pad_id, never=(tok.pad_id, tok.bos_id, tok.eos_id),
+            temperature=self.temperature, top_k=self.top_k, generator=generator)
         self.model.train(was_training)
-        generated = out[:, tokens.shape[1]:].tolist()
-        n = len(generated)
-        self.track("test/distinct_2", torch.tensor(distinct_n(generated, 2)), n, train=False)
-        self.track("test/repetition_4", torch.tensor(repetition_rate(generated, 4)), n, train=False)
+        store["prompts"] += prompts.tolist()
+        store["generated"] += [state[:n] for state in rollout.states]
+        store["real"] += tokens[:, p : p + n].tolist()
+        actions = rollout.n_actions.sum()
+        self.track("test/bs_rate", rollout.n_backspace.sum() / actions.clamp(min=1), actions, train=False)
+
+    def text_metrics(self) -> None:
+        """distinct-n, repetition and (with a judge) judge perplexity and MAUVE-style score of the test
+        epoch's continuations (divlab.metrics.judge.text_report), logged as test/*."""
+        from divlab.metrics.judge import text_report
+
+        store = self._text
+        if not store or not store["prompts"]:
+            return
+        judge = self.judge.get() if self.judge is not None else None
+        report = text_report(store["prompts"], store["generated"], store["real"], judge=judge,
+                             pad_id=self.tokenizer.pad_id, mauve_clusters=self.mauve_clusters, seed=self.seed)
+        for name, value in report.items():
+            self.track(f"test/{name}", torch.tensor(value), len(store["prompts"]), train=False)
+        self._text = None
 
     def answer_ids(self, row: list[int], prompt_len: int, length: int) -> list[int]:
         """The answer's content ids of a clean data row (no <eos>)."""

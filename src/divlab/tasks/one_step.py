@@ -21,6 +21,10 @@ step in `trainer.global_step`, so global_step = (K + 1) x generator steps; the t
 
 `task=sample_teacher` (build_teacher_sampler) evaluates the teacher's Euler/Heun sampler at a given NFE
 with the same metrics (no training): the teacher rows of the onestep tables.
+
+On image data (`image_metrics` in the config, e.g. experiment=onestep/digits) both score samples with
+divlab.metrics.image (a cached classifier's Frechet distance, class histogram, k-NN precision/recall)
+and draw image grids (samples.png) instead of scatter plots.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from divlab.errors import ConfigError
+from divlab.metrics.image import build_image_scorer, evaluate_image_sampler, image_grid, log_figure
 from divlab.models.edm import SIGMA_MAX, EDMLoss, EDMPrecond, expand_as, sample, sample_sigma, sampler_nfe
 from divlab.tasks.denoise import EMA, build_denoiser
 from divlab.tasks.fdistill_loss import (
@@ -47,6 +52,7 @@ from divlab.tasks.fdistill_loss import (
 from divlab.tasks.running_means import RunningMeans
 
 CHECKPOINT_FORMAT = 1
+GRID_IMAGES = 100          # images per panel of the samples.png grid (image data)
 
 
 # ----------------------------------------------------------------------------- building
@@ -133,7 +139,8 @@ def build(cfg: DictConfig, *, datamodule=None) -> OneStepTask:
                        ratio_bins=o.ratio_bins, ratio_ema_rate=o.ratio_ema_rate,
                        generator_lr=o.generator_lr, critic_lr=o.critic_lr, ema_halflife_steps=o.ema_halflife_steps,
                        generator_steps=o.get("generator_steps"), batch_size=o.get("batch_size"), eval_samples=o.eval_samples,
-                       teacher_sample_steps=o.teacher_sample_steps, run_dir=cfg.get("run_dir"), seed=opt["seed"])
+                       teacher_sample_steps=o.teacher_sample_steps, run_dir=cfg.get("run_dir"), seed=opt["seed"],
+                       image_scorer=build_image_scorer(cfg, datamodule) if datamodule is not None else None)
 
 
 # ----------------------------------------------------------------------------- task
@@ -165,9 +172,11 @@ class OneStepTask(pl.LightningModule):
                  eval_samples: int = 2048,      # samples scored at test time
                  teacher_sample_steps: int = 18,  # Heun steps of the teacher panel of the scatter plot
                  run_dir: str | None = None,    # figures go here (rank 0)
-                 seed: int = 0):                # per-epoch reseeding
+                 seed: int = 0,                 # per-epoch reseeding
+                 image_scorer=None):            # divlab.metrics.image.ImageScorer on image data (None: 2-D metrics)
         super().__init__()
         self.automatic_optimization = False
+        self._image_scorer = (image_scorer,)   # a tuple keeps the classifier out of the module tree
         self.generator, self.fake_score, self.discriminator = generator, fake_score, discriminator
         self.generator_ema = EMA(generator, halflife_steps=ema_halflife_steps)
         teacher.eval().requires_grad_(False)
@@ -204,6 +213,8 @@ class OneStepTask(pl.LightningModule):
 
     def on_test_start(self) -> None:
         self.teacher.to(self.device).eval()
+        if self._image_scorer[0] is not None:
+            self._image_scorer[0].to(self.device)
 
     def on_validation_start(self) -> None:
         self.teacher.to(self.device).eval()
@@ -309,9 +320,9 @@ class OneStepTask(pl.LightningModule):
         dm = self.trainer.datamodule
         if not hasattr(dm, "points"):
             return
-        ref = dm.points("val").to(self.device)
+        ref = dm.points("val").to(self.device).flatten(1)                   # images: pixel vectors
         sw = get_divergence("sliced_wasserstein", num_projections=64, seed=0)(ref.double(), self.ema_samples(
-            len(ref), 1).double())
+            len(ref), 1).flatten(1).double())
         self.log("val/sliced_w", float(sw))
         if not self.trainer.sanity_checking and float(sw) < self.best_val:
             self.best_val, self.best_epoch = float(sw), self.current_epoch
@@ -324,21 +335,32 @@ class OneStepTask(pl.LightningModule):
         from divlab.metrics.generative import evaluate_sampler, scatter_plot
 
         dm = self.trainer.datamodule
-        metrics = evaluate_sampler(lambda z: self.generate(z, self.generator_ema.module), reference=dm.points("test"),
-                                   mixture=dm.mixture, n=self.eval_samples, nfe=1, seed=self.seed, device=self.device)
+        student, scorer = (lambda z: self.generate(z, self.generator_ema.module)), self._image_scorer[0]
+        if scorer is not None:
+            metrics = evaluate_image_sampler(student, scorer, n=self.eval_samples, nfe=1, seed=self.seed,
+                                             device=self.device)
+        else:
+            metrics = evaluate_sampler(student, reference=dm.points("test"), mixture=dm.mixture, n=self.eval_samples,
+                                       nfe=1, seed=self.seed, device=self.device)
         for k, v in metrics.items():
             self.log(f"test/{k}", v)
         if self.run_dir is not None and self.global_rank == 0:
             gen = torch.Generator().manual_seed(10_000 + self.seed)
-            z = torch.randn(self.eval_samples, *dm.input_shape, generator=gen).to(self.device)
+            n = GRID_IMAGES if scorer is not None else self.eval_samples
+            z = torch.randn(n, *dm.input_shape, generator=gen).to(self.device)
             steps = self.teacher_sample_steps
-            panels = {"data (test)": dm.points("test"),
+            panels = {"data (test)": dm.points("test")[:n],
                       f"teacher Heun NFE {sampler_nfe('heun', steps)}": sample(self.teacher, z, method="heun",
                                                                                num_steps=steps).cpu(),
                       "teacher NFE 1": sample(self.teacher, z, method="euler", num_steps=1).cpu(),
                       f"student NFE 1 ({self.objective}, {self.divergence.name})": self.generate(
                           z, self.generator_ema.module).detach().cpu()}
-            scatter_plot(Path(self.run_dir) / "samples.png", panels)
+            path = Path(self.run_dir) / "samples.png"
+            if scorer is not None:
+                image_grid(path, panels)
+                log_figure(self.loggers, "samples", path, step=int(self.generator_steps))
+            else:
+                scatter_plot(path, panels)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["divlab"] = {"format": CHECKPOINT_FORMAT, "kind": "lightning", "task": "one_step",
@@ -358,7 +380,8 @@ def build_teacher_sampler(cfg: DictConfig, *, datamodule=None) -> TeacherSampler
     set_threads(s.get("torch_threads"))
     sampler_nfe(s.method, s.num_steps)
     return TeacherSampler(teacher=build_diffusion_teacher(cfg, datamodule), method=s.method, num_steps=s.num_steps,
-                          eval_samples=s.eval_samples, run_dir=cfg.get("run_dir"), seed=cfg.seed)
+                          eval_samples=s.eval_samples, run_dir=cfg.get("run_dir"), seed=cfg.seed,
+                          image_scorer=build_image_scorer(cfg, datamodule) if datamodule is not None else None)
 
 
 class TeacherSampler(pl.LightningModule):
@@ -368,14 +391,18 @@ class TeacherSampler(pl.LightningModule):
                  num_steps: int,           # sampler steps (NFE: euler = steps, heun = 2 steps - 1)
                  eval_samples: int = 2048, # samples scored
                  run_dir: str | None = None,
-                 seed: int = 0):
+                 seed: int = 0,
+                 image_scorer=None):       # divlab.metrics.image.ImageScorer on image data (None: 2-D metrics)
         super().__init__()
         self._teacher = (teacher.eval().requires_grad_(False),)
+        self._image_scorer = (image_scorer,)
         self.method, self.num_steps, self.eval_samples, self.run_dir, self.seed = (
             method, num_steps, eval_samples, run_dir, seed)
 
     def on_test_start(self) -> None:
         self._teacher[0].to(self.device)
+        if self._image_scorer[0] is not None:
+            self._image_scorer[0].to(self.device)
 
     def test_step(self, batch, batch_idx):
         pass
@@ -386,9 +413,15 @@ class TeacherSampler(pl.LightningModule):
         dm = self.trainer.datamodule
         nfe = sampler_nfe(self.method, self.num_steps)
         plot = Path(self.run_dir) / "samples.png" if self.run_dir is not None and self.global_rank == 0 else None
-        metrics = evaluate_sampler(lambda z: sample(self._teacher[0], z, method=self.method, num_steps=self.num_steps),
-                                   reference=dm.points("test"), mixture=dm.mixture, n=self.eval_samples, nfe=nfe,
-                                   seed=self.seed, device=self.device, plot_path=plot,
-                                   title=f"teacher, {self.method} NFE {nfe}")
+        teacher = lambda z: sample(self._teacher[0], z, method=self.method, num_steps=self.num_steps)  # noqa: E731
+        title = f"teacher, {self.method} NFE {nfe}"
+        if self._image_scorer[0] is not None:
+            metrics = evaluate_image_sampler(teacher, self._image_scorer[0], n=self.eval_samples, nfe=nfe,
+                                             seed=self.seed, device=self.device, plot_path=plot, title=title)
+            if plot is not None:
+                log_figure(self.loggers, "samples", plot)
+        else:
+            metrics = evaluate_sampler(teacher, reference=dm.points("test"), mixture=dm.mixture, n=self.eval_samples,
+                                       nfe=nfe, seed=self.seed, device=self.device, plot_path=plot, title=title)
         for k, v in metrics.items():
             self.log(f"test/{k}", v)

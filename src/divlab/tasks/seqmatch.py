@@ -12,19 +12,26 @@ backspace action. The loss is in `divlab.tasks.seqmatch_loss` ((SM1)-(SM5) there
    train/bs_rate is the fraction of rollout actions that were `<bs>`.
 
 Evaluation is `task=lm`'s (val/test loss and perplexity on clean data; on arithmetic, greedy exact
-match on clean prompts and OOD prefixes and the backspace rate).
+match on clean prompts and OOD prefixes and the backspace rate; on text, distinct-n, repetition, the
+backspace rate and, with a judge, judge perplexity and the MAUVE-style score of sampled continuations).
+
+On text windows (data=shakespeare; the data's prompt is one token and no row ends in `<eos>`) the
+noise tokens are drawn from the bytes that occur in the train split, and a rollout continues the
+first `lm.text_prompt_tokens` tokens of a training window (the prompt of the text test) by
+`rollout_max_steps` actions, `<eos>` never sampled.
 """
 
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from divlab.data.loaders import eval_loader
 from divlab.errors import ConfigError
 from divlab.models.gpt import backspace_attention
 from divlab.tasks.classify import optimization
-from divlab.tasks.lm import LMTask, action_mask, build_student, eval_settings
+from divlab.tasks.lm import LMTask, action_mask, build_student, eval_settings, text_eval_settings
 from divlab.tasks.seqmatch_loss import (
     MixtureRegulariser,
     add_noise_and_backspace,
@@ -39,6 +46,8 @@ def build(cfg: DictConfig, *, datamodule=None) -> SeqMatchTask:
     from divlab.utils.checks import build as build_spec
 
     model = build_student(cfg, datamodule)
+    if cfg.seqmatch.get("init") is not None:
+        start_from_behaviour_cloning(cfg, model)
     try:
         divergence = build_spec(cfg.divergence)
     except ConfigError as e:
@@ -46,12 +55,32 @@ def build(cfg: DictConfig, *, datamodule=None) -> SeqMatchTask:
     s = cfg.seqmatch
     regulariser = MixtureRegulariser(divergence=divergence, alpha=s.alpha)
     tok = datamodule.tokenizer
+    text = text_eval_settings(cfg, datamodule)
+    noise_ids = datamodule.content_ids() if text else list(range(tok.n_content))   # text: bytes of the corpus
     return SeqMatchTask(
         model=model, tokenizer=tok, regulariser=regulariser, p_noise=s.p_noise, lam=s["lambda"], gamma=s.gamma,
         bc_epochs=s.bc_epochs, policy_weight=s.policy_weight, rollout_every=s.rollout_every,
         rollout_batch=s.rollout_batch, rollout_max_steps=s.rollout_max_steps,
-        rollout_temperature=s.rollout_temperature, noise_ids=list(range(tok.n_content)),
-        run_dir=cfg.get("run_dir"), **eval_settings(cfg), **optimization(cfg))
+        rollout_temperature=s.rollout_temperature, noise_ids=noise_ids,
+        run_dir=cfg.get("run_dir"), **eval_settings(cfg), **text, **optimization(cfg))
+
+
+def start_from_behaviour_cloning(cfg: DictConfig, model: nn.Module) -> None:
+    """seqmatch.init: the student starts from a behaviour-cloning (MLE) model of the same architecture,
+    trained once by `seqmatch.init_train` (task lm, on the run's clean data) and cached like a teacher
+    (`auto`), or read from a divlab checkpoint (a path, loaded weights_only)."""
+    from divlab.teacher import model_view, provision_teacher
+
+    s = cfg.seqmatch
+    if s.get("init_train") is None and s.init == "auto":
+        raise ConfigError("seqmatch.init=auto needs seqmatch.init_train (the behaviour-cloning recipe)")
+    recipe = {"task": "lm", **OmegaConf.to_container(s.get("init_train") or {}, resolve=True)}
+    if recipe.get("seed") is None:   # one behaviour-cloning model per run seed (the run's hash stays seed-free)
+        recipe["seed"] = int(cfg.seed)
+    spec = {"model": {**OmegaConf.to_container(cfg.student.model, resolve=True), "vocab_size": model.vocab_size},
+            "checkpoint": s.init, "train": recipe}
+    provision_teacher(model_view(cfg, spec), model, role="behaviour-cloning start", key="seqmatch.init")
+    model.train().requires_grad_(True)
 
 
 class SeqMatchTask(LMTask):
@@ -124,12 +153,16 @@ class SeqMatchTask(LMTask):
         batch = {k: v.to(self.device) for k, v in self.next_prompts().items()}
         prompt_len = batch["prompt_len"]
         tok = self.tokenizer
+        never = (tok.pad_id, tok.bos_id)
+        if self.text_data:   # text windows: continue the text test's prompt; a window never ends
+            prompt_len = torch.full_like(prompt_len, self.text_prompt_tokens)
+            never = (*never, tok.eos_id)
         was_training = self.model.training
         self.model.eval()
         ro = sample_with_backspace(
             self.model, batch["tokens"][:, : int(prompt_len.max())], input_len=prompt_len, prompt_len=prompt_len,
             max_steps=self.rollout_max_steps, bs_id=tok.bs_id, eos_id=tok.eos_id, pad_id=tok.pad_id,
-            never=(tok.pad_id, tok.bos_id), temperature=self.rollout_temperature, generator=self.generator())
+            never=never, temperature=self.rollout_temperature, generator=self.generator())
         self.model.train(was_training)
         width = int(ro.length.max())
         self._policy = (ro.tokens[:, :width], ro.prompt_len, ro.length)
