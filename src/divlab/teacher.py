@@ -136,11 +136,11 @@ def train_teacher(cfg: DictConfig, path: Path, *, role: str = "teacher") -> None
     model, task, extra_meta = teacher_task(cfg, recipe)
     datamodule = build(cfg.data.datamodule, seed=recipe.seed)
     progress = cfg.trainer.get("enable_progress_bar", True)
+    deterministic = torch.are_deterministic_algorithms_enabled()   # the Trainer below turns it on, globally
     trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, max_epochs=recipe.max_epochs,
                          limit_train_batches=recipe.get("limit_train_batches") or 1.0, logger=False, enable_checkpointing=False, deterministic=True,
                          num_sanity_val_steps=0, enable_model_summary=False,
                          enable_progress_bar=progress, callbacks=[RichProgressBar()] if progress else [])
-    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         trainer.fit(task, datamodule=datamodule)
         val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "best/"))}
