@@ -93,3 +93,21 @@ def generator_at_fit_start(monkeypatch) -> dict:
 
     monkeypatch.setattr(one_step.OneStepTask, "on_fit_start", remember)
     return seen
+
+
+@pytest.fixture
+def table_cells():
+    """table_cells(spec, tmp_path) -> [(row, column, cfg)]: every cell of a paper table, composed as the
+    table script composes it (outputs under tmp_path)."""
+
+    def _cells(spec, tmp_path):
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+                return [(row, column, compose("train", overrides=[*spec.overrides(row, column),
+                                                                  f"paths.output_root={tmp_path}"]))
+                        for row in spec.rows for column in spec.columns]
+        finally:
+            GlobalHydra.instance().clear()
+
+    return _cells

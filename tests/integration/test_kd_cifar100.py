@@ -6,8 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from divlab.tables.spec import load_table
@@ -19,40 +17,33 @@ DKD_BETA = {"resnet32x4 -> resnet8x4": 8.0, "resnet56 -> resnet20": 2.0, "wrn_40
             "wrn_40_2 -> wrn_40_1": 6.0, "resnet110 -> resnet32": 2.0, "vgg13 -> vgg8": 6.0}
 
 
-def test_every_kd_cifar100_cell_composes_to_the_recipe(tmp_path):
+def test_every_kd_cifar100_cell_composes_to_the_recipe(tmp_path, table_cells):
     spec = load_table("kd_cifar100", CONF)
     assert [c.name for c in spec.columns] == list(DKD_BETA)
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            for row in spec.rows:
-                for column in spec.columns:
-                    cfg = compose("train", overrides=[*spec.overrides(row, column), f"paths.output_root={tmp_path}"])
-                    teacher, student = column.name.split(" -> ")
-                    assert cfg.teacher.model.name == teacher and cfg.student.model.name == student
-                    assert cfg.data.name == "cifar100" and cfg.data.datamodule.batch_size == 64
-                    assert cfg.trainer.max_epochs == 240
-                    OmegaConf.resolve(cfg)
-                    if row.kind == "teacher":
-                        continue
-                    where = f"{row.name} | {column.name}"
-                    if row.name == "PLD (AdamW)":
-                        assert cfg.optimizer._target_ == "torch.optim.AdamW", where
-                    else:
-                        assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 0.05, where
-                        assert (cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.9, 5e-4), where
-                        assert list(cfg.scheduler.milestones) == [150, 180, 210] and cfg.scheduler.gamma == 0.1
-                    assert cfg.task.name == ("classify" if row.name.startswith("student") else "distill"), where
-                    if row.name == "DKD":
-                        assert cfg.divergence.name == "dkd" and cfg.divergence.beta == DKD_BETA[column.name], where
-                        assert (cfg.divergence.alpha, cfg.divergence.temperature) == (1.0, 4.0)
-                        assert cfg.distill.warmup_epochs == 20
-                    if row.name == "KD":
-                        assert (cfg.distill.temperature, cfg.distill.ce_weight, cfg.distill.kd_weight) == (4.0, 0.1, 0.9)
-                    if row.name == "OFA-KD":
-                        assert cfg.divergence.name == "ofa" and cfg.distill.stages == "auto"
-    finally:
-        GlobalHydra.instance().clear()
+    for row, column, cfg in table_cells(spec, tmp_path):
+        teacher, student = column.name.split(" -> ")
+        assert cfg.teacher.model.name == teacher and cfg.student.model.name == student
+        assert cfg.data.name == "cifar100" and cfg.data.datamodule.batch_size == 64
+        assert cfg.trainer.max_epochs == 240
+        OmegaConf.resolve(cfg)
+        if row.kind == "teacher":
+            continue
+        where = f"{row.name} | {column.name}"
+        if row.name == "PLD (AdamW)":
+            assert cfg.optimizer._target_ == "torch.optim.AdamW", where
+        else:
+            assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 0.05, where
+            assert (cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.9, 5e-4), where
+            assert list(cfg.scheduler.milestones) == [150, 180, 210] and cfg.scheduler.gamma == 0.1
+        assert cfg.task.name == ("classify" if row.name.startswith("student") else "distill"), where
+        if row.name == "DKD":
+            assert cfg.divergence.name == "dkd" and cfg.divergence.beta == DKD_BETA[column.name], where
+            assert (cfg.divergence.alpha, cfg.divergence.temperature) == (1.0, 4.0)
+            assert cfg.distill.warmup_epochs == 20
+        if row.name == "KD":
+            assert (cfg.distill.temperature, cfg.distill.ce_weight, cfg.distill.kd_weight) == (4.0, 0.1, 0.9)
+        if row.name == "OFA-KD":
+            assert cfg.divergence.name == "ofa" and cfg.distill.stages == "auto"
     assert spec.reference[("DKD", "resnet32x4 -> resnet8x4")] == 76.32
     assert spec.reference[("teacher", "vgg13 -> vgg8")] == 74.64
 

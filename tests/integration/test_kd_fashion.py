@@ -4,8 +4,6 @@ runs on Fashion-MNIST-format files."""
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from divlab.runner import run
@@ -15,22 +13,15 @@ ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 
 
-def test_every_kd_fashion_cell_composes(tmp_path):
+def test_every_kd_fashion_cell_composes(tmp_path, table_cells):
     spec = load_table("kd_fashion", CONF)
     digits = load_table("kd_digits", CONF)
     assert [r.name for r in spec.rows] == [r.name for r in digits.rows]    # the same methods as kd_digits
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            for row in spec.rows:
-                for column in spec.columns:
-                    cfg = compose("train", overrides=[*spec.overrides(row, column), f"paths.output_root={tmp_path}"])
-                    OmegaConf.resolve(cfg)
-                    assert cfg.data.name == "fashion_mnist" and cfg.teacher.model.in_channels == 1
-                    assert cfg.student.model.get("in_channels") == 1
-                    assert cfg.task.name == ("classify" if row.name == "CE-only" else "distill")
-    finally:
-        GlobalHydra.instance().clear()
+    for row, _column, cfg in table_cells(spec, tmp_path):
+        OmegaConf.resolve(cfg)
+        assert cfg.data.name == "fashion_mnist" and cfg.teacher.model.in_channels == 1
+        assert cfg.student.model.get("in_channels") == 1
+        assert cfg.task.name == ("classify" if row.name == "CE-only" else "distill")
 
 
 def test_ofa_cell_runs_with_stage_heads_and_cached_teacher_logits(compose_cfg, tmp_path, teacher_dir, capsys,

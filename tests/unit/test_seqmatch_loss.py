@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from backspace_oracle import apply_backspace
 
 from divlab.divergences import get_divergence
 from divlab.errors import ConfigError
@@ -141,17 +142,6 @@ def test_unknown_regulariser_and_bad_alpha():
 # ---- noise and backspace ---------------------------------------------------------------------------
 
 
-def apply_backspace(row, prompt_len):
-    state = []
-    for i, t in enumerate(row):
-        if t == BS and i >= prompt_len:
-            if len(state) > prompt_len:
-                state.pop()
-        else:
-            state.append(t)
-    return state
-
-
 def test_noise_and_backspace_synthesis():
     _, tokens, prompt_len, length = random_batch(seed=3)
     g = torch.Generator().manual_seed(0)
@@ -163,7 +153,7 @@ def test_noise_and_backspace_synthesis():
         row = new[r, : new_len[r]].tolist()
         p = int(prompt_len[r])
         assert row[:p] == clean[:p]                                   # the prompt is untouched
-        assert apply_backspace(row, p) == clean                      # deleting the noise gives the data back
+        assert apply_backspace(row, p, bs_id=BS) == clean                      # deleting the noise gives the data back
         assert (new[r, new_len[r]:] == PAD).all()
         for i in torch.nonzero(is_noise[r]).flatten().tolist():
             inserted += 1
@@ -209,7 +199,7 @@ def test_one_masked_pass_over_a_noised_row_equals_per_state_passes():
         row, p = new[r, : new_len[r]].tolist(), int(prompt_len[r])
         for i in range(len(row)):
             # the state seen at position i: alive tokens, plus the <bs> itself when row[i] is a <bs>
-            state = apply_backspace(row[: i + 1], p)
+            state = apply_backspace(row[: i + 1], p, bs_id=BS)
             seq = state + [BS] if row[i] == BS and i >= p else state
             ref = model(torch.tensor([seq]))[0, -1]
             torch.testing.assert_close(logits[r, i], ref, atol=1e-10, rtol=0)

@@ -3,6 +3,7 @@ prompt, respects the step cap, and treats <bs> on an empty continuation as a no-
 
 import pytest
 import torch
+from backspace_oracle import apply_backspace
 
 from divlab.models.gpt import GPT, backspace_attention
 from divlab.tasks.seqmatch_sampler import sample_with_backspace
@@ -48,17 +49,6 @@ def reference_sample(model, inputs, input_len, prompt_len, *, max_steps, never, 
     return rows
 
 
-def materialise(row, prompt_len):
-    state = []
-    for i, t in enumerate(row):
-        if t == BS and i >= prompt_len:
-            if len(state) > prompt_len:
-                state.pop()
-        else:
-            state.append(t)
-    return state
-
-
 INPUTS = torch.tensor([[1, 2, 3, 4, 5], [6, 1, 2, PAD, PAD], [3, PAD, PAD, PAD, PAD]])
 INPUT_LEN = torch.tensor([5, 3, 1])
 PROMPT_LEN = torch.tensor([3, 3, 1])   # row 0 has a deletable forced prefix [4, 5]
@@ -76,7 +66,7 @@ def test_sampler_equals_full_recomputation(positions):
     assert got == ref
     assert int(ro.n_backspace.sum()) > 3                        # the test exercised deletions
     for r in range(3):
-        assert ro.states[r] == materialise(ref[r], int(PROMPT_LEN[r]))[int(PROMPT_LEN[r]):]
+        assert ro.states[r] == apply_backspace(ref[r], int(PROMPT_LEN[r]), bs_id=BS)[int(PROMPT_LEN[r]):]
     assert ro.n_actions.tolist() == [12, 12, 12] and not ro.ended.any()
 
 
@@ -90,7 +80,7 @@ def test_sampler_never_deletes_the_prompt_and_respects_the_cap():
     for r in range(3):
         row = ro.tokens[r, : ro.length[r]].tolist()
         p = int(PROMPT_LEN[r])
-        assert materialise(row, p) == INPUTS[r, :p].tolist()   # ... and the prompt never
+        assert apply_backspace(row, p, bs_id=BS) == INPUTS[r, :p].tolist()   # ... and the prompt never
         assert (ro.tokens[r, ro.length[r]:] == PAD).all()
 
 
