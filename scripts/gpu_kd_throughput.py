@@ -30,9 +30,14 @@ def kd_steps(*, mode: str, batch: int, steps: int, warmup: int, device: torch.de
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     teacher = build_model("resnet32x4", num_classes=100).to(device, memory_format=memory_format)
     student = build_model("resnet8x4", num_classes=100)
-    task = DistillTask(model=student, teacher=teacher, divergence=get_divergence("forward_kl"), temperature=4.0,
-                       optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4))
-    task.to(device, memory_format=memory_format)     # the student and the task's metrics (task.device)
+    task = DistillTask(
+        model=student,
+        teacher=teacher,
+        divergence=get_divergence("forward_kl"),
+        temperature=4.0,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4),
+    )
+    task.to(device, memory_format=memory_format)  # the student and the task's metrics (task.device)
     optimizer = task.configure_optimizers()
     x = torch.randn(batch, 3, 32, 32, device=device)
     if channels_last:
@@ -57,8 +62,13 @@ def kd_steps(*, mode: str, batch: int, steps: int, warmup: int, device: torch.de
         loss = step()
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return {"mode": mode, "images_per_s": batch * steps / seconds, "ms_per_step": 1e3 * seconds / steps,
-            "final_loss": float(loss), "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20}
+    return {
+        "mode": mode,
+        "images_per_s": batch * steps / seconds,
+        "ms_per_step": 1e3 * seconds / steps,
+        "final_loss": float(loss),
+        "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20,
+    }
 
 
 def main(argv=None) -> int:
@@ -77,15 +87,30 @@ def main(argv=None) -> int:
     results = []
     for mode in ("fp32", "bf16-mixed", "bf16-mixed+channels_last"):
         torch.cuda.reset_peak_memory_stats()
-        results.append(kd_steps(mode=mode, batch=args.batch, steps=args.steps, warmup=args.warmup, device=device))
+        results.append(
+            kd_steps(mode=mode, batch=args.batch, steps=args.steps, warmup=args.warmup, device=device)
+        )
     base = results[0]["images_per_s"]
     for r in results:
         r["speedup_vs_fp32"] = r["images_per_s"] / base
-    print(json.dumps({"device": torch.cuda.get_device_name(), "batch": args.batch, "steps": args.steps,
-                      "warmup": args.warmup, "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-                      "results": results,
-                      "versions": {"torch": torch.__version__, "lightning": lightning.__version__,
-                                   "python": platform.python_version()}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "device": torch.cuda.get_device_name(),
+                "batch": args.batch,
+                "steps": args.steps,
+                "warmup": args.warmup,
+                "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                "results": results,
+                "versions": {
+                    "torch": torch.__version__,
+                    "lightning": lightning.__version__,
+                    "python": platform.python_version(),
+                },
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

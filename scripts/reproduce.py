@@ -45,16 +45,19 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
             elif key == "seeds":
                 parts = [s.strip() for s in value.strip("[]").split(",") if s.strip()]
                 if not parts or not all(p.isdigit() for p in parts):
-                    raise ConfigError(f"seeds must be a comma-separated list of integers such as seeds=0,1,2, "
-                                      f"got {value!r}")
+                    raise ConfigError(
+                        f"seeds must be a comma-separated list of integers such as seeds=0,1,2, got {value!r}"
+                    )
                 opts[key] = [int(p) for p in parts]
             else:
                 if value.lower() not in TRUE + FALSE:
                     raise ConfigError(f"{key} must be true or false, got {value!r}")
                 opts[key] = value.lower() in TRUE
         elif arg in ("-m", "--multirun") or key == "seed":
-            raise ConfigError(f"{arg} is not an option of reproduce.py: the table sets the seeds "
-                              f"(seeds=0,1,2 replaces them) and runs each cell itself")
+            raise ConfigError(
+                f"{arg} is not an option of reproduce.py: the table sets the seeds "
+                f"(seeds=0,1,2 replaces them) and runs each cell itself"
+            )
         else:
             extra.append(arg)
     if not opts["table"]:
@@ -71,8 +74,11 @@ def progress(spec):
             shown = f"{metric}={value:.4f}" if isinstance(value, float) else f"no {metric} in metrics.json"
             print(f"{where}: {shown} ({job.seconds:.0f} s)", flush=True)
         else:
-            print(f"{where}: {'failed: ' if job.state == 'failed' else ''}{job.error} ({job.seconds:.0f} s)",
-                  flush=True)
+            print(
+                f"{where}: {'failed: ' if job.state == 'failed' else ''}{job.error} ({job.seconds:.0f} s)",
+                flush=True,
+            )
+
     return _say
 
 
@@ -98,9 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     done = {j.run_dir for j in runs if j.state == "finished"}
     failed = {j.run_dir or (j.row, j.column, j.seed) for j in runs if j.state == "failed"}
     at_once = f" ({opts['jobs']} at a time)" if todo and opts["jobs"] > 1 else ""
-    print(f"table {spec.name}: {len(spec.rows)} rows x {len(spec.columns)} columns x {len(seeds)} seeds, "
-          f"{len(distinct)} distinct runs: {len(done)} finished, {len(failed)} failed"
-          f"{' (retry_failed=true runs them again)' if failed else ''}, {len(todo)} to run{at_once}", flush=True)
+    print(
+        f"table {spec.name}: {len(spec.rows)} rows x {len(spec.columns)} columns x {len(seeds)} seeds, "
+        f"{len(distinct)} distinct runs: {len(done)} finished, {len(failed)} failed"
+        f"{' (retry_failed=true runs them again)' if failed else ''}, {len(todo)} to run{at_once}",
+        flush=True,
+    )
     if opts["dry_run"]:
         for job in todo:
             print(f"  would run: python -m divlab {shlex.join(job.overrides)}")
@@ -111,20 +120,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runner.run(todo, on_done=progress(spec))
     except KeyboardInterrupt:
-        print(f"interrupted: the runs that finished are kept; run the same command again to resume "
-              f"(python scripts/reproduce.py {' '.join(sys.argv[1:] if argv is None else argv)})",
-              file=sys.stderr, flush=True)
+        print(
+            f"interrupted: the runs that finished are kept; run the same command again to resume "
+            f"(python scripts/reproduce.py {' '.join(sys.argv[1:] if argv is None else argv)})",
+            file=sys.stderr,
+            flush=True,
+        )
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
 
-    refresh(jobs)   # the tables are built from the files the runs left (and the teachers they trained)
+    refresh(jobs)  # the tables are built from the files the runs left (and the teachers they trained)
     cells = cells_from_jobs(spec, jobs)
     paths = write_all(spec, cells, out_dir, seeds=seeds, machine=machine_line(), footer=run_time_line(jobs))
     print(paths[0].read_text())
     bad = sum(c.status in ("failed", "partial") for c in cells.values())
-    print(f"wrote {', '.join(str(p) for p in paths)}" + (f"; {bad} cells with failed runs" if bad else "")
-          + f" ({time.time() - start:.0f} s)", flush=True)
+    print(
+        f"wrote {', '.join(str(p) for p in paths)}"
+        + (f"; {bad} cells with failed runs" if bad else "")
+        + f" ({time.time() - start:.0f} s)",
+        flush=True,
+    )
     return 0
 
 

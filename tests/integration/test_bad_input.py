@@ -29,27 +29,48 @@ def pickled_object_checkpoint(tmp_path: Path) -> str:
 
 
 CASES = {
-    "unknown divergence": (lambda tmp: ["divergence.name=kullback"], r"divergence\.name=.*choose one of: .*forward_kl"),
+    "unknown divergence": (
+        lambda tmp: ["divergence.name=kullback"],
+        r"divergence\.name=.*choose one of: .*forward_kl",
+    ),
     "temperature zero": (lambda tmp: ["distill.temperature=0"], r"distill\.temperature must be a number > 0"),
     "temperature negative": (lambda tmp: ["distill.temperature=-1"], r"distill\.temperature"),
-    "negative kd weight": (lambda tmp: ["distill.kd_weight=-0.5"], r"distill\.kd_weight must be a number >= 0"),
+    "negative kd weight": (
+        lambda tmp: ["distill.kd_weight=-0.5"],
+        r"distill\.kd_weight must be a number >= 0",
+    ),
     "negative ce weight": (lambda tmp: ["distill.ce_weight=-1"], r"distill\.ce_weight"),
-    "missing checkpoint": (lambda tmp: [f"teacher.checkpoint={tmp}/nope.ckpt"],
-                           r"teacher\.checkpoint=.*nope\.ckpt does not exist"),
-    "sample divergence in distill": (lambda tmp: ["divergence=mmd"], r"divergence=mmd compares sets of samples"),
-    "alpha outside its range": (lambda tmp: ["divergence=skew_kl", "divergence.alpha=1.5"],
-                                r"bad divergence\.\* setting: .*alpha must be in \[0, 1\)"),
-    "class mismatch": (lambda tmp: ["teacher.model.num_classes=7"],
-                       r"teacher\.model has 7 classes but student\.model has 10"),
-    "not a divlab checkpoint": (lambda tmp: [f"teacher.checkpoint={not_divlab_checkpoint(tmp)}"],
-                                r"teacher\.checkpoint=.* is not a divlab checkpoint"),
-    "pickled objects": (lambda tmp: [f"teacher.checkpoint={pickled_object_checkpoint(tmp)}"],
-                        r"teacher\.checkpoint=.*cannot be read as a weights-only"),
+    "missing checkpoint": (
+        lambda tmp: [f"teacher.checkpoint={tmp}/nope.ckpt"],
+        r"teacher\.checkpoint=.*nope\.ckpt does not exist",
+    ),
+    "sample divergence in distill": (
+        lambda tmp: ["divergence=mmd"],
+        r"divergence=mmd compares sets of samples",
+    ),
+    "alpha outside its range": (
+        lambda tmp: ["divergence=skew_kl", "divergence.alpha=1.5"],
+        r"bad divergence\.\* setting: .*alpha must be in \[0, 1\)",
+    ),
+    "class mismatch": (
+        lambda tmp: ["teacher.model.num_classes=7"],
+        r"teacher\.model has 7 classes but student\.model has 10",
+    ),
+    "not a divlab checkpoint": (
+        lambda tmp: [f"teacher.checkpoint={not_divlab_checkpoint(tmp)}"],
+        r"teacher\.checkpoint=.* is not a divlab checkpoint",
+    ),
+    "pickled objects": (
+        lambda tmp: [f"teacher.checkpoint={pickled_object_checkpoint(tmp)}"],
+        r"teacher\.checkpoint=.*cannot be read as a weights-only",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_fails_early_and_keeps_finished_runs(compose_cfg, finished_run, tmp_path, monkeypatch, case):
+def test_bad_input_fails_early_and_keeps_finished_runs(
+    compose_cfg, finished_run, tmp_path, monkeypatch, case
+):
     make_overrides, message = CASES[case]
     before = finished_run.read_text()
     import lightning.pytorch as pl
@@ -72,19 +93,32 @@ def test_run_checkpoint_works_as_teacher(compose_cfg):
     """A classify run's checkpoint (Lightning format with divlab metadata) is a valid teacher."""
     record = run(compose_cfg("experiment=kd/digits_ce", "student=digits_cnn_small"))
     last = Path(record["run_dir"]) / "checkpoints" / "last.ckpt"
-    distilled = run(compose_cfg("experiment=kd/digits", "teacher.model.width=8", f"teacher.checkpoint={last}"))
+    distilled = run(
+        compose_cfg("experiment=kd/digits", "teacher.model.width=8", f"teacher.checkpoint={last}")
+    )
     assert distilled["metrics"]["test/acc"] > 0.1
 
 
-@pytest.mark.parametrize(("trainer", "launcher", "refused"), [
-    (["trainer.strategy=ddp"], "BasicLauncher", True),
-    (["trainer.strategy=fsdp"], "BasicLauncher", True),
-    (["trainer.strategy=auto", "trainer.devices=2"], "BasicLauncher", True),   # auto picks ddp
-    (["trainer.strategy=ddp_spawn", "trainer.devices=2"], "BasicLauncher", False),
-    (["trainer.strategy=auto", "trainer.devices=1"], "BasicLauncher", False),
-    (["trainer.strategy=ddp"], "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", False),
-    (["trainer.strategy=ddp"], "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", True),
-])
+@pytest.mark.parametrize(
+    ("trainer", "launcher", "refused"),
+    [
+        (["trainer.strategy=ddp"], "BasicLauncher", True),
+        (["trainer.strategy=fsdp"], "BasicLauncher", True),
+        (["trainer.strategy=auto", "trainer.devices=2"], "BasicLauncher", True),  # auto picks ddp
+        (["trainer.strategy=ddp_spawn", "trainer.devices=2"], "BasicLauncher", False),
+        (["trainer.strategy=auto", "trainer.devices=1"], "BasicLauncher", False),
+        (
+            ["trainer.strategy=ddp"],
+            "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+            False,
+        ),
+        (
+            ["trainer.strategy=ddp"],
+            "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+            True,
+        ),
+    ],
+)
 def test_multirun_strategy_check(compose_cfg, monkeypatch, trainer, launcher, refused):
     from divlab.utils import checks
 

@@ -39,31 +39,34 @@ def test_cli_unknown_group_option_lists_choices(run_cli):
 
 def test_multirun_two_jobs_with_ddp_spawn(run_cli, outputs):
     """`-m` over two divergences, each job a 2-process CPU DDP run (ddp_spawn, gloo)."""
-    result = run_cli("-m", "experiment=kd/digits", "divergence=forward_kl,reverse_kl", "trainer=ddp_sim",
-                     "debug=fast")
+    result = run_cli(
+        "-m", "experiment=kd/digits", "divergence=forward_kl,reverse_kl", "trainer=ddp_sim", "debug=fast"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(p.read_text()) for p in metrics_files(outputs)]
     assert len(records) == 2 and len({r["run_dir"] for r in records}) == 2
     assert all(r["world_size"] == 2 and "test/acc" in r["metrics"] for r in records)
-    assert all(r["global_step"] > 0 and r["epochs"] >= 1 for r in records)   # read back from last.ckpt
+    assert all(r["global_step"] > 0 and r["epochs"] >= 1 for r in records)  # read back from last.ckpt
     assert result.stdout.count("run_dir: ") == 2
 
 
 def test_multirun_refuses_subprocess_ddp(run_cli, outputs):
-    result = run_cli("-m", "experiment=kd/digits", "trainer=ddp_sim", "trainer.strategy=ddp", "seed=0,1",
-                     "debug=fast")
+    result = run_cli(
+        "-m", "experiment=kd/digits", "trainer=ddp_sim", "trainer.strategy=ddp", "seed=0,1", "debug=fast"
+    )
     assert result.returncode == 2
     assert "trainer.strategy=ddp cannot run under Hydra multirun" in result.stderr
     assert not metrics_files(outputs)
 
 
 def test_optuna_sweep_over_temperature_and_weight(run_cli, outputs):
-    result = run_cli("-m", "hparams_search=kd_optuna", "experiment=kd/digits", "debug=fast",
-                     "hydra.sweeper.n_trials=2")
+    result = run_cli(
+        "-m", "hparams_search=kd_optuna", "experiment=kd/digits", "debug=fast", "hydra.sweeper.n_trials=2"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     configs = [p.parent / "config.yaml" for p in metrics_files(outputs)]
     assert len(configs) == 2
-    assert len({c.read_text() for c in configs}) == 2   # two different (temperature, kd_weight) points
+    assert len({c.read_text() for c in configs}) == 2  # two different (temperature, kd_weight) points
     assert list(outputs.glob("multirun/*/optimization_results.yaml"))
 
 

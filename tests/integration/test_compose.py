@@ -1,4 +1,4 @@
-"""Every option of every config group composes and instantiates."""
+"""Every option of every config group (every folder of conf/) composes and instantiates."""
 
 from pathlib import Path
 
@@ -14,8 +14,11 @@ from divlab.utils.hashing import prune_unused
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
-GROUPS = ("task", "data", "teacher", "student", "divergence", "trainer", "logger", "callbacks", "paths",
-          "experiment", "debug", "hparams_search", "launcher")
+# Folders of conf/ checked elsewhere in this file: the user's own (local, empty here), the table specs (not a
+# group of train.yaml: scripts/reproduce.py reads them) and Hydra's settings (hydra=True below).
+NOT_GROUPS = ("local", "table", "hydra")
+GROUPS = tuple(sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in NOT_GROUPS))
+HYDRA_PARTS = ("hparams_search", "launcher")  # groups that set hydra.* (composed with the Hydra node)
 
 
 def options(group: str) -> list[str]:
@@ -29,22 +32,53 @@ CASES = [(g, o) for g in GROUPS for o in options(g)]
 LM = ("task=lm", "data=arith", "student=gpt_tiny")
 DENOISE = ("task=denoise", "data=ring8", "student=edm_mlp2d")
 ONE_STEP = ("task=one_step", "data=ring8", "student=edm_mlp2d", "teacher=edm_mlp2d")
-DENOISE_DIGITS = ("task=denoise", "+data.sigma_data=1.0")      # data=digits has no sigma_data of its own
+DENOISE_DIGITS = ("task=denoise", "+data.sigma_data=1.0")  # data=digits has no sigma_data of its own
 ONE_STEP_DIGITS = ("experiment=onestep/digits",)
 CIFAR_ZOO = ("resnet", "wrn_", "vgg", "MobileNet", "Shuffle")
 PARTNERS = {
-    "task": {"lm": LM, "seqmatch": LM, "mix_lm": ("data=mixture",), "denoise": DENOISE,
-             "one_step": ONE_STEP, "sample_teacher": ONE_STEP,
-             "superpose": ("data=grid25", "teacher=edm_gmm_exact")},
-    "data": {"arith": LM, "shakespeare": ("task=lm", "student=gpt_small"), "mixture": ("task=mix_lm",), "ring8": DENOISE,
-             "grid25": DENOISE, "moons": DENOISE, "swissroll": DENOISE},
+    "task": {
+        "lm": LM,
+        "seqmatch": LM,
+        "mix_lm": ("data=mixture",),
+        "denoise": DENOISE,
+        "one_step": ONE_STEP,
+        "sample_teacher": ONE_STEP,
+        "superpose": ("data=grid25", "teacher=edm_gmm_exact"),
+    },
+    "data": {
+        "arith": LM,
+        "shakespeare": ("task=lm", "student=gpt_small"),
+        "mixture": ("task=mix_lm",),
+        "ring8": DENOISE,
+        "grid25": DENOISE,
+        "moons": DENOISE,
+        "swissroll": DENOISE,
+    },
     "student": {"gpt_tiny": LM, "gpt_small": LM, "edm_mlp2d": DENOISE, "edm_unet_digits": DENOISE_DIGITS},
     "teacher": {"edm_mlp2d": ONE_STEP, "edm_gmm_exact": ONE_STEP, "edm_unet_digits": ONE_STEP_DIGITS},
-    "experiment": {"lm/_shakespeare_common": ("task=lm",)},     # the shared part of lm/ and seqmatch/shakespeare
+    "experiment": {"lm/_shakespeare_common": ("task=lm",)},  # the shared part of lm/ and seqmatch/shakespeare
+}
+# Hugging Face options: composed and resolved here; building them loads SmolLM2-135M (tests/integration/
+# test_hf_smollm2.py, slow) or, on tiny local models, tests/integration/test_lm_distill_runs.py.
+HF = ("task=lm_distill",)
+PARTNERS["data"]["instruct"] = HF
+# EDM networks at paper scale: their weights are converted checkpoints (teacher.model.path), so they compose
+# within their recipes, which check that the config resolves (tests/unit/test_edm_checkpoint.py loads weights).
+EDM_CIFAR10 = ("experiment=onestep/cifar10/fdistill_js",)
+PARTNERS["student"]["edm_cifar10"] = EDM_CIFAR10
+PARTNERS["teacher"].update({o: EDM_CIFAR10 for o in ("edm_cifar10_cond", "edm_cifar10_small", "edm_cifar10_uncond")})
+PARTNERS["teacher"]["edm_imagenet64_cond"] = ("experiment=onestep/imagenet64/fdistill_js",)
+for _group in ("student", "teacher"):
+    PARTNERS[_group].update({o: HF for o in options(_group) if o.startswith("smollm2")})
+GROUP_PARTNERS = {  # groups that exist only under a task or experiment that pulls them in
+    "mixer": ("task=mix_lm", "data=mixture"),
+    "judge": ("experiment=seqmatch/shakespeare",),
 }
 
 
 def partners(group: str, option: str) -> tuple[str, ...]:
+    if group in GROUP_PARTNERS:
+        return GROUP_PARTNERS[group]
     found = PARTNERS.get(group, {}).get(option)
     if found is not None:
         return tuple(o for o in found if not o.startswith(f"{group}="))
@@ -54,13 +88,29 @@ def partners(group: str, option: str) -> tuple[str, ...]:
 
 
 def test_every_group_has_options():
+    assert {"mixer", "judge", "task", "trainer", "debug"} <= set(GROUPS)
     for group in GROUPS:
         assert options(group), f"conf/{group}/ has no options"
 
 
+def test_every_table_spec_loads():
+    from divlab.tables.spec import load_table
+
+    names = options("table")
+    assert names
+    for name in names:
+        assert load_table(name, CONF).rows, name
+
+
+def test_hydra_settings_compose_with_callbacks_that_import(compose_cfg):
+    cfg = compose_cfg(hydra=True)
+    assert cfg.hydra.callbacks and all(get_class(c._target_) for c in cfg.hydra.callbacks.values())
+    assert cfg.hydra.run.dir == "." and cfg.hydra.job.chdir is False
+
+
 def instantiate_parts(cfg, tmp_path: Path) -> None:
     missing = missing_keys(cfg)
-    if missing:   # e.g. data=image_folder needs data.datamodule.root: the run refuses, naming it
+    if missing:  # e.g. data=image_folder needs data.datamodule.root: the run refuses, naming it
         with pytest.raises(ConfigError, match=rf"{missing[0]} must be set"):
             check_config(cfg)
         return
@@ -69,7 +119,7 @@ def instantiate_parts(cfg, tmp_path: Path) -> None:
     try:
         dm = build(cfg.data.datamodule, seed=cfg.seed)
         dm.setup("fit")
-    except ConfigError as e:   # a data set that is not on this machine: one sentence naming the key
+    except ConfigError as e:  # a data set that is not on this machine: one sentence naming the key
         assert "data." in str(e) and "\n" not in str(e)
         return
     if cfg.task.name not in ("classify", "distill"):
@@ -104,7 +154,7 @@ def build_other_task(cfg, dm) -> None:
 
     builder = task_builder(cfg)
     assert callable(builder)
-    if cfg.get("seqmatch") and cfg.seqmatch.get("init") == "auto":   # would train its behaviour-cloning start
+    if cfg.get("seqmatch") and cfg.seqmatch.get("init") == "auto":  # would train its behaviour-cloning start
         assert isinstance(OmegaConf.to_container(cfg.seqmatch.init_train, resolve=True), dict)
         cfg.seqmatch.init = None
     if "teacher" in (cfg.task.uses or ()):
@@ -117,10 +167,13 @@ def build_other_task(cfg, dm) -> None:
 
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_option_composes_and_instantiates(compose_cfg, tmp_path, group, option):
-    cfg = compose_cfg(*partners(group, option), f"{group}={option}", fast=False,
-                      hydra=group in ("hparams_search", "launcher"))
+    cfg = compose_cfg(*partners(group, option), f"{group}={option}", fast=False, hydra=group in HYDRA_PARTS)
     prune_unused(cfg)
-    if group in ("hparams_search", "launcher"):
+    if group == "mixer":
+        assert get_class(cfg.mixer._target_) is not None
+    if group == "judge":
+        assert get_class(cfg.judge.model._target_) is not None
+    if group in HYDRA_PARTS:
         part = cfg.hydra.sweeper if group == "hparams_search" else cfg.hydra.launcher
         assert get_class(part._target_) is not None
         if group == "hparams_search":
@@ -130,4 +183,11 @@ def test_option_composes_and_instantiates(compose_cfg, tmp_path, group, option):
     if group == "divergence":
         d = instantiate(cfg.divergence)
         assert callable(d) and cfg.divergence.name == option
+    if cfg.task.name == "lm_distill":
+        from hydra.utils import get_method
+
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        assert get_method(cfg.task.builder) and "hf" in resolved["student"]["model"]["_target_"]
+        assert resolved["data"]["datamodule"]["tokenizer"]["model"] == resolved["student"]["model"]
+        return
     instantiate_parts(cfg, tmp_path)

@@ -13,8 +13,14 @@ from divlab.tables.spec import load_table
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 # DKD's beta per pair: mdistiller configs/cifar100/dkd/*.yaml (8 where the file leaves the default)
-DKD_BETA = {"resnet32x4 -> resnet8x4": 8.0, "resnet56 -> resnet20": 2.0, "wrn_40_2 -> wrn_16_2": 6.0,
-            "wrn_40_2 -> wrn_40_1": 6.0, "resnet110 -> resnet32": 2.0, "vgg13 -> vgg8": 6.0}
+DKD_BETA = {
+    "resnet32x4 -> resnet8x4": 8.0,
+    "resnet56 -> resnet20": 2.0,
+    "wrn_40_2 -> wrn_16_2": 6.0,
+    "wrn_40_2 -> wrn_40_1": 6.0,
+    "resnet110 -> resnet32": 2.0,
+    "vgg13 -> vgg8": 6.0,
+}
 
 
 def test_every_kd_cifar100_cell_composes_to_the_recipe(tmp_path, table_cells):
@@ -62,9 +68,16 @@ def test_one_kd_cifar100_cell_runs_one_epoch_on_cifar_format_files(tmp_path, dat
     table = tmp_path / "kd_cifar100_corner.yaml"
     OmegaConf.save(OmegaConf.create(raw), table)
     out = tmp_path / "outputs"
-    cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), f"table={table}", f"paths.output_root={out}",
-           f"data.datamodule.root={tmp_path / 'data'}", "data.datamodule.check_integrity=false",
-           "data.datamodule.num_workers=0", "debug=fast"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "reproduce.py"),
+        f"table={table}",
+        f"paths.output_root={out}",
+        f"data.datamodule.root={tmp_path / 'data'}",
+        "data.datamodule.check_integrity=false",
+        "data.datamodule.num_workers=0",
+        "debug=fast",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     records = list(out.glob("distill/kd_cifar100/resnet56_resnet20/dkd/*/seed0/metrics.json"))
@@ -74,4 +87,4 @@ def test_one_kd_cifar100_cell_runs_one_epoch_on_cifar_format_files(tmp_path, dat
     log = next((out / "tables" / "kd_cifar100_corner_logs").glob("DKD*.log")).read_text()
     assert log.count("teacher-logit cache off: data=cifar100 augments") == 1
     markdown = (out / "tables" / "kd_cifar100_corner.md").read_text()
-    assert "71.97" in markdown and "72.34" in markdown   # published DKD and teacher values beside ours
+    assert "71.97" in markdown and "72.34" in markdown  # published DKD and teacher values beside ours

@@ -10,9 +10,9 @@ from hydra.utils import instantiate
 
 from divlab.errors import ConfigError
 from divlab.models import SmallCNN
+from divlab.provision.teacher import cached_teacher_path, load_weights, read_divlab_checkpoint
 from divlab.runner import run
 from divlab.tasks.teacher_logits import IndexedDataset, cache_enabled, compute_logits
-from divlab.teacher import cached_teacher_path, load_weights, read_divlab_checkpoint
 
 
 def load_writer(name: str):
@@ -28,8 +28,9 @@ KD = ["experiment=kd/digits", "trainer.limit_train_batches=5"]
 
 
 def test_cache_hit_on_the_second_run_matches_the_teacher_and_uncached_training(
-        compose_cfg, tmp_path, monkeypatch, capsys):
-    teacher_dir = tmp_path / "teachers"      # not the session's: this test sees the cache file created
+    compose_cfg, tmp_path, monkeypatch, capsys
+):
+    teacher_dir = tmp_path / "teachers"  # not the session's: this test sees the cache file created
     kd = [*KD, f"paths.teacher_dir={teacher_dir}"]
     first = run(compose_cfg(*kd, "seed=0"))
     files = sorted((teacher_dir / "logits").glob("*.pt"))
@@ -54,7 +55,7 @@ def test_cache_hit_on_the_second_run_matches_the_teacher_and_uncached_training(
     def refuse(self, x):
         raise AssertionError("the teacher ran although its logits are cached")
 
-    monkeypatch.setattr(SmallCNN, "forward", refuse)    # the digits_cnn teacher; the student is an MLP
+    monkeypatch.setattr(SmallCNN, "forward", refuse)  # the digits_cnn teacher; the student is an MLP
     second = run(compose_cfg(*kd, "seed=1"))
     assert "teacher logits read from" in capsys.readouterr().out
     assert files[0].stat().st_mtime_ns == mtime and sorted((teacher_dir / "logits").glob("*.pt")) == files
@@ -64,7 +65,7 @@ def test_cache_hit_on_the_second_run_matches_the_teacher_and_uncached_training(
     uncached = run(compose_cfg(*kd, "seed=1", "distill.cache_teacher_logits=false"))
     for key in ("train/kd", "train/ce", "train/loss", "val/acc"):
         assert second["metrics"][key] == pytest.approx(uncached["metrics"][key], rel=1e-5), key
-    assert first["metrics"]["train/kd"] != second["metrics"]["train/kd"]   # another seed, another run
+    assert first["metrics"]["train/kd"] != second["metrics"]["train/kd"]  # another seed, another run
 
 
 def test_indexed_dataset_and_logits_in_index_order():
@@ -77,9 +78,13 @@ def test_indexed_dataset_and_logits_in_index_order():
 
 
 def test_augmented_data_turns_the_cache_off_once_or_fails_when_forced(compose_cfg, tmp_path, capsys):
-    load_writer("write_cifar")(tmp_path / "data", 100)   # the writer of tests/unit/test_data_modules.py
-    common = ["data=cifar100", f"data.datamodule.root={tmp_path / 'data'}", "data.datamodule.check_integrity=false",
-              "data.datamodule.num_workers=0"]
+    load_writer("write_cifar")(tmp_path / "data", 100)  # the writer of tests/unit/test_data_modules.py
+    common = [
+        "data=cifar100",
+        f"data.datamodule.root={tmp_path / 'data'}",
+        "data.datamodule.check_integrity=false",
+        "data.datamodule.num_workers=0",
+    ]
     cfg = compose_cfg(*common)
     dm = instantiate(cfg.data.datamodule, seed=0)
     assert cache_enabled(cfg, dm) is False
@@ -97,8 +102,13 @@ def test_augmented_data_turns_the_cache_off_once_or_fails_when_forced(compose_cf
 def test_cache_and_stage_heads_under_ddp_spawn(compose_cfg, tmp_path):
     """Two CPU ranks (ddp_spawn): each looks its shard's teacher logits up by index; the task pickles with
     its stage heads (hooks are attached in the ranks, not before)."""
-    kd = ["experiment=kd/digits", "student=digits_cnn_small", "divergence=ofa", "distill.stages=auto",
-          f"paths.teacher_dir={tmp_path / 'teachers'}"]
-    run(compose_cfg(*kd))                                  # builds the cache on one process
+    kd = [
+        "experiment=kd/digits",
+        "student=digits_cnn_small",
+        "divergence=ofa",
+        "distill.stages=auto",
+        f"paths.teacher_dir={tmp_path / 'teachers'}",
+    ]
+    run(compose_cfg(*kd))  # builds the cache on one process
     record = run(compose_cfg(*kd, "trainer=ddp_sim", "seed=1"))
     assert record["world_size"] == 2 and record["metrics"]["train/stage_stage1"] > 0

@@ -9,17 +9,26 @@ import torch
 
 from divlab.errors import ConfigError
 from divlab.metrics.judge import judge_config
+from divlab.provision.teacher import cached_teacher_path
 from divlab.runner import run
 from divlab.tables.cells import plan
 from divlab.tables.spec import load_table
-from divlab.teacher import cached_teacher_path
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 # a small corpus slice (36k train bytes, 15 test windows) and a GPT that fits the 129-byte windows
-TEXT_FAST = ["data.datamodule.max_chars=40000", "student.model.n_layer=1", "student.model.d_model=32",
-             "lm.text_windows=12"]
-JUDGE_FAST = ["judge.model.n_layer=1", "judge.model.n_head=2", "judge.model.d_model=32", "judge.train.max_epochs=1",
-              "judge.train.limit_train_batches=3"]
+TEXT_FAST = [
+    "data.datamodule.max_chars=40000",
+    "student.model.n_layer=1",
+    "student.model.d_model=32",
+    "lm.text_windows=12",
+]
+JUDGE_FAST = [
+    "judge.model.n_layer=1",
+    "judge.model.n_head=2",
+    "judge.model.d_model=32",
+    "judge.train.max_epochs=1",
+    "judge.train.limit_train_batches=3",
+]
 TEXT_KEYS = ("test/distinct_2", "test/distinct_3", "test/repetition_4", "test/bs_rate", "test/ppl")
 
 
@@ -37,21 +46,31 @@ def test_lm_and_seqmatch_on_text_with_one_cached_judge(compose_cfg, capsys):
         assert key in m, key
     assert 0 <= m["test/mauve"] <= 1 and 0 < m["test/distinct_2"] <= 1 and 0 <= m["test/repetition_4"] <= 1
     assert 1 < m["test/judge_ppl_real"] < 260 and m["test/judge_ppl"] > 1
-    ckpt = torch.load(path, weights_only=True)        # the cache is a plain weights-only divlab checkpoint
-    assert ckpt["divlab"]["kind"] == "teacher" and "test/loss" in json.loads(path.with_suffix(".json").read_text())["metrics"]
+    ckpt = torch.load(path, weights_only=True)  # the cache is a plain weights-only divlab checkpoint
+    assert (
+        ckpt["divlab"]["kind"] == "teacher"
+        and "test/loss" in json.loads(path.with_suffix(".json").read_text())["metrics"]
+    )
 
     # SequenceMatch on the same windows: SM steps with text rollouts; the cached judge is reused
     stamp = path.stat().st_mtime_ns
-    sm = compose_cfg("experiment=seqmatch/shakespeare", *TEXT_FAST, *JUDGE_FAST, "seqmatch.bc_epochs=0",
-                     "seqmatch.rollout_every=1", "seqmatch.rollout_batch=8", "seqmatch.p_noise=0.2")
+    sm = compose_cfg(
+        "experiment=seqmatch/shakespeare",
+        *TEXT_FAST,
+        *JUDGE_FAST,
+        "seqmatch.bc_epochs=0",
+        "seqmatch.rollout_every=1",
+        "seqmatch.rollout_batch=8",
+        "seqmatch.p_noise=0.2",
+    )
     assert judge_path(sm) == path
     s = run(sm)["metrics"]
     assert "training the judge" not in capsys.readouterr().out and path.stat().st_mtime_ns == stamp
     for key in ("train/sm", "train/sm_psi", "train/bs_rate", "test/judge_ppl", "test/mauve", *TEXT_KEYS):
         assert key in s, key
-    assert s["train/rollout_eos"] == 0            # text rollouts never sample <eos>
-    assert all(v == v for v in s.values())        # no NaN
-    assert s["test/judge_ppl_real"] == pytest.approx(m["test/judge_ppl_real"])   # same judge, same windows
+    assert s["train/rollout_eos"] == 0  # text rollouts never sample <eos>
+    assert all(v == v for v in s.values())  # no NaN
+    assert s["test/judge_ppl_real"] == pytest.approx(m["test/judge_ppl_real"])  # same judge, same windows
 
 
 def test_seqmatch_text_noise_comes_from_the_corpus_bytes(compose_cfg):
@@ -72,12 +91,15 @@ def test_without_a_judge_the_judge_metrics_are_skipped(compose_cfg):
     assert not any("judge" in k or "mauve" in k for k in m)
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["judge.checkpoint=/no/such/judge.ckpt"], r"judge\.checkpoint=/no/such/judge\.ckpt does not exist"),
-    (["judge.train.task=classify"], r"judge\.train\.task='classify' cannot train"),
-    (["judge.model._target_=divlab.models.NoSuchModel"], r"judge\.model cannot be built"),
-    (["judge.model.context_length=64"], r"judge\.model\.context_length=64 is shorter"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["judge.checkpoint=/no/such/judge.ckpt"], r"judge\.checkpoint=/no/such/judge\.ckpt does not exist"),
+        (["judge.train.task=classify"], r"judge\.train\.task='classify' cannot train"),
+        (["judge.model._target_=divlab.models.NoSuchModel"], r"judge\.model cannot be built"),
+        (["judge.model.context_length=64"], r"judge\.model\.context_length=64 is shorter"),
+    ],
+)
 def test_a_judge_that_cannot_be_built_is_one_sentence(compose_cfg, overrides, message):
     cfg = compose_cfg("experiment=lm/shakespeare", *TEXT_FAST, *JUDGE_FAST, *overrides)
     with pytest.raises(ConfigError, match=message) as err:
@@ -110,6 +132,6 @@ def test_seqmatch_text_table_composes(tmp_path, monkeypatch):
     run_dirs = {j.row: set() for j in jobs}
     for j in jobs:
         run_dirs[j.row].add(j.run_dir)
-    assert all(len(dirs) == len(spec.seeds) for dirs in run_dirs.values())     # one run per (row, seed)
+    assert all(len(dirs) == len(spec.seeds) for dirs in run_dirs.values())  # one run per (row, seed)
     assert len(set().union(*run_dirs.values())) == len(spec.rows) * len(spec.seeds)
     assert any("/lm/lm/shakespeare/" in str(d) for d in run_dirs["MLE"])

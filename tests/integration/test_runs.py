@@ -9,7 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-import divlab.teacher
+import divlab.provision.teacher
 from divlab.runner import run, run_directory
 
 
@@ -59,7 +59,7 @@ def test_teacher_cache_is_reused(compose_cfg, monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise AssertionError("the cached teacher was trained again")
 
-    monkeypatch.setattr(divlab.teacher, "train_teacher", refuse)
+    monkeypatch.setattr(divlab.provision.teacher, "train_teacher", refuse)
     record = run(compose_cfg("experiment=kd/digits", "seed=1"))
     assert record["metrics"]["test/acc"] > 0.1
 
@@ -104,7 +104,7 @@ def test_rerun_true_trains_again(compose_cfg):
     first = run(compose_cfg("experiment=kd/digits_ce"))
     second = run(compose_cfg("experiment=kd/digits_ce", "rerun=true"))
     assert second["run_dir"] == first["run_dir"] and second["finished_at"] >= first["finished_at"]
-    assert second["metrics"] == first["metrics"]   # deterministic on CPU
+    assert second["metrics"] == first["metrics"]  # deterministic on CPU
 
 
 def test_loggers_write_inside_the_run_directory(compose_cfg, tmp_path, monkeypatch):
@@ -117,7 +117,7 @@ def test_loggers_write_inside_the_run_directory(compose_cfg, tmp_path, monkeypat
         assert (run_dir / folder).is_dir(), f"logger={logger} wrote nothing under {run_dir}"
     import wandb
 
-    assert wandb.run is None                      # wandb.finish() was called
+    assert wandb.run is None  # wandb.finish() was called
     assert os.environ["WANDB_MODE"] == "offline"
     assert not (tmp_path / "wandb").exists()
 
@@ -136,10 +136,19 @@ def test_own_temperature_is_not_applied_twice(compose_cfg):
 
     cfg = compose_cfg("experiment=kd/digits", "divergence=hinton_kd", "distill.temperature=3")
     student = instantiate(cfg.student.model)
-    task = DistillTask(model=student, teacher=instantiate(cfg.teacher.model),
-                       divergence=instantiate(cfg.divergence), temperature=3.0, optimizer=None)
+    task = DistillTask(
+        model=student,
+        teacher=instantiate(cfg.teacher.model),
+        divergence=instantiate(cfg.divergence),
+        temperature=3.0,
+        optimizer=None,
+    )
     assert task.temperature == 1.0 and task.kd_scale == 1.0
-    plain = DistillTask(model=student, teacher=instantiate(cfg.teacher.model),
-                        divergence=instantiate(compose_cfg("divergence=forward_kl").divergence),
-                        temperature=3.0, optimizer=None)
+    plain = DistillTask(
+        model=student,
+        teacher=instantiate(cfg.teacher.model),
+        divergence=instantiate(compose_cfg("divergence=forward_kl").divergence),
+        temperature=3.0,
+        optimizer=None,
+    )
     assert plain.temperature == 3.0 and plain.kd_scale == 9.0

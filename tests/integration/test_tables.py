@@ -36,11 +36,15 @@ GRID = {
     "seeds": [0],
     "common_overrides": ["experiment=kd/digits", "debug=fast"],
     "baseline_row": "CE",
-    "rows": [{"name": "teacher", "kind": "teacher"},
-             {"name": "CE", "overrides": ["experiment=kd/digits_ce"]},
-             {"name": "KD", "overrides": ["divergence=forward_kl"]}],
-    "columns": [{"name": "CNN -> MLP", "overrides": ["student=digits_mlp"]},
-                {"name": "CNN -> CNN-8", "overrides": ["student=digits_cnn_small"]}],
+    "rows": [
+        {"name": "teacher", "kind": "teacher"},
+        {"name": "CE", "overrides": ["experiment=kd/digits_ce"]},
+        {"name": "KD", "overrides": ["divergence=forward_kl"]},
+    ],
+    "columns": [
+        {"name": "CNN -> MLP", "overrides": ["student=digits_mlp"]},
+        {"name": "CNN -> CNN-8", "overrides": ["student=digits_cnn_small"]},
+    ],
     "reference": {"KD": {"CNN -> MLP": 97.25}},
 }
 
@@ -67,8 +71,14 @@ def grid(tmp_path_factory, teacher_dir):
     path = write_table(root, "grid", GRID)
     args = [f"table={path}", f"paths.output_root={root / 'outputs'}", f"paths.teacher_dir={teacher_dir}"]
     code = reproduce.main([*args, "jobs=2"])
-    return {"root": root, "outputs": root / "outputs", "args": args, "path": path, "code": code,
-            "tables": root / "outputs" / "tables"}
+    return {
+        "root": root,
+        "outputs": root / "outputs",
+        "args": args,
+        "path": path,
+        "code": code,
+        "tables": root / "outputs" / "tables",
+    }
 
 
 def test_grid_runs_every_cell_and_writes_four_files(grid):
@@ -85,7 +95,7 @@ def test_grid_runs_every_cell_and_writes_four_files(grid):
             assert r["status"] == "ok" and r["n_seeds"] == "1"
             assert float(r["mean"]) == pytest.approx(100 * record["metrics"]["test/acc"])
             assert f"{float(r['mean']):.2f}" in md
-    assert rows[("teacher", "CNN -> MLP")]["status"] == "ok"   # the teacher the KD runs trained
+    assert rows[("teacher", "CNN -> MLP")]["status"] == "ok"  # the teacher the KD runs trained
     assert float(rows[("KD", "CNN -> MLP")]["reference"]) == 97.25
     delta = float(rows[("KD", "CNN -> MLP")]["mean"]) - float(rows[("CE", "CNN -> MLP")]["mean"])
     assert float(rows[("KD", "CNN -> MLP")]["delta_vs_CE"]) == pytest.approx(delta)
@@ -126,13 +136,19 @@ def test_interrupted_cell_alone_runs_again(grid, capsys):
 
 
 def test_failing_cell_shows_its_error_and_the_others_complete(grid, capsys):
-    table = {**GRID, "rows": [{"name": "T=0", "overrides": ["distill.temperature=0"]}, GRID["rows"][2]],
-             "columns": GRID["columns"][:1], "seeds": [1], "reference": {}, "baseline_row": None}
+    table = {
+        **GRID,
+        "rows": [{"name": "T=0", "overrides": ["distill.temperature=0"]}, GRID["rows"][2]],
+        "columns": GRID["columns"][:1],
+        "seeds": [1],
+        "reference": {},
+        "baseline_row": None,
+    }
     args = [f"table={write_table(grid['root'], 'broken', table)}", *grid["args"][1:]]
     capsys.readouterr()
     assert reproduce.main([*args, "jobs=2"]) == 0
     out = capsys.readouterr().out
-    assert "2 to run" in out   # T=0 and KD with seed 1, each in its own subprocess
+    assert "2 to run" in out  # T=0 and KD with seed 1, each in its own subprocess
     assert "seed 1: failed: distill.temperature must be a number > 0, got 0" in out
     rows = read_csv(grid["tables"] / "broken.csv")
     assert rows[("T=0", "CNN -> MLP")]["status"] == "failed"
@@ -141,7 +157,7 @@ def test_failing_cell_shows_its_error_and_the_others_complete(grid, capsys):
     assert "| T=0 | failed: distill.temperature must be a number > 0, got 0 |" in md
     log = next((grid["tables"] / "broken_logs").glob("T_0__*"))
     assert "error: distill.temperature" in log.read_text()
-    capsys.readouterr()   # a failure is remembered: not retried unless asked
+    capsys.readouterr()  # a failure is remembered: not retried unless asked
     assert reproduce.main(args) == 0
     assert "1 finished, 1 failed (retry_failed=true runs them again), 0 to run" in capsys.readouterr().out
     assert reproduce.main([*args, "retry_failed=true", "dry_run=true"]) == 0
@@ -149,6 +165,7 @@ def test_failing_cell_shows_its_error_and_the_others_complete(grid, capsys):
 
 
 # ---- runs without training: fake `python` executables for the subprocess runner ----
+
 
 def fake_python(folder: Path, body: str) -> str:
     path = folder / "python"
@@ -158,8 +175,10 @@ def fake_python(folder: Path, body: str) -> str:
 
 
 def test_runner_records_a_crash_but_not_a_killed_run(tmp_path):
-    crash = fake_python(tmp_path, 'echo "Traceback (most recent call last):"; '
-                                  'echo "RuntimeError: CUDA out of memory" >&2; exit 1')
+    crash = fake_python(
+        tmp_path,
+        'echo "Traceback (most recent call last):"; echo "RuntimeError: CUDA out of memory" >&2; exit 1',
+    )
     job = Job("r", "c", 0, ["x=1"], run_dir=tmp_path / "run" / "seed0")
     Runner(log_dir=tmp_path / "logs", python=crash).run([job])
     assert job.state == "failed" and job.error == "RuntimeError: CUDA out of memory"
@@ -171,8 +190,10 @@ def test_runner_records_a_crash_but_not_a_killed_run(tmp_path):
 
 
 def test_first_error_line():
-    assert first_error_line("noise\nerror: seed must be a non-negative integer\n", 2) == \
-        "seed must be a non-negative integer"
+    assert (
+        first_error_line("noise\nerror: seed must be a non-negative integer\n", 2)
+        == "seed must be a non-negative integer"
+    )
     text = "Traceback (most recent call last):\n  File x\nValueError: bad shape\nSet HYDRA_FULL_ERROR=1"
     assert first_error_line(text, 1) == "ValueError: bad shape"
     assert first_error_line("", 3) == "python -m divlab exited with code 3"
@@ -180,11 +201,23 @@ def test_first_error_line():
 
 # ---- table configs ----
 
+
 def test_kd_digits_table_plans_every_method_on_two_pairs(tmp_path, monkeypatch):
     spec = load_table("kd_digits", CONF)
     names = [r.name for r in spec.rows]
-    for required in ("CE-only", "KD (forward KL)", "reverse KL", "JS", "TVD", "DKD", "PLD", "SinKD", "OFA",
-                     "Jeffreys", "squared Hellinger"):
+    for required in (
+        "CE-only",
+        "KD (forward KL)",
+        "reverse KL",
+        "JS",
+        "TVD",
+        "DKD",
+        "PLD",
+        "SinKD",
+        "OFA",
+        "Jeffreys",
+        "squared Hellinger",
+    ):
         assert required in names
     assert spec.seeds == (0, 1, 2) and spec.metric == "test/acc" and spec.baseline_row == "CE-only"
     assert len(spec.columns) >= 2
@@ -196,19 +229,26 @@ def test_kd_digits_table_plans_every_method_on_two_pairs(tmp_path, monkeypatch):
 
 
 def test_overrides_later_key_wins():
-    assert latest(["experiment=a", "seed=1", "experiment=b", "+x=1", "+x=2"]) == \
-        ["seed=1", "experiment=b", "+x=1", "+x=2"]
+    assert latest(["experiment=a", "seed=1", "experiment=b", "+x=1", "+x=2"]) == [
+        "seed=1",
+        "experiment=b",
+        "+x=1",
+        "+x=2",
+    ]
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"metric": None}, "metric must be set"),
-    ({"rows": [{"name": "a"}, {"name": "a"}]}, "repeated: a"),
-    ({"reference": {"nope": {"CNN -> MLP": 1.0}}}, "reference names row 'nope'"),
-    ({"reference": {"KD": {"CNN -> MLP": "high"}}}, "must be a number"),
-    ({"baseline_row": "nope"}, "baseline_row='nope' is not one of the rows"),
-    ({"seeds": [-1]}, "seeds must be"),
-    ({"colour": "red"}, "unknown keys"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"metric": None}, "metric must be set"),
+        ({"rows": [{"name": "a"}, {"name": "a"}]}, "repeated: a"),
+        ({"reference": {"nope": {"CNN -> MLP": 1.0}}}, "reference names row 'nope'"),
+        ({"reference": {"KD": {"CNN -> MLP": "high"}}}, "must be a number"),
+        ({"baseline_row": "nope"}, "baseline_row='nope' is not one of the rows"),
+        ({"seeds": [-1]}, "seeds must be"),
+        ({"colour": "red"}, "unknown keys"),
+    ],
+)
 def test_bad_table_config_is_one_sentence(tmp_path, change, message):
     path = write_table(tmp_path, "bad", {**GRID, **change})
     with pytest.raises(ConfigError, match=message):
@@ -226,23 +266,42 @@ def test_unknown_table_and_bad_options_exit_2(capsys):
 
 # ---- renderers on hand-made records ----
 
+
 def hand_made():
-    spec = TableSpec(name="hand", metric="test/acc", scale=100, seeds=(0, 1, 2), baseline_row="CE",
-                     rows=(Axis("CE"), Axis("KD"), Axis("OFA_x"), Axis("half")),
-                     columns=(Axis("A -> B"), Axis("C")), reference={("KD", "A -> B"): 98.1})
+    spec = TableSpec(
+        name="hand",
+        metric="test/acc",
+        scale=100,
+        seeds=(0, 1, 2),
+        baseline_row="CE",
+        rows=(Axis("CE"), Axis("KD"), Axis("OFA_x"), Axis("half")),
+        columns=(Axis("A -> B"), Axis("C")),
+        reference={("KD", "A -> B"): 98.1},
+    )
 
     def job(row, column, seed, acc=None, error=None):
         j = Job(row, column, seed, [], run_dir=Path(f"/runs/{row}/{column}/seed{seed}"))
-        j.state, j.record, j.error = ("finished", {"metrics": {"test/acc": acc}}, None) if acc is not None \
-            else ("failed", None, error)
+        j.state, j.record, j.error = (
+            ("finished", {"metrics": {"test/acc": acc}}, None) if acc is not None else ("failed", None, error)
+        )
         return j
 
-    jobs = [job(r, c, s, acc=a) for (r, accs) in (("CE", (0.97, 0.98, 0.99)), ("KD", (0.98, 0.99, 0.985)))
-            for c in ("A -> B", "C") for s, a in zip((0, 1, 2), accs)]
-    jobs += [job("OFA_x", c, s, error="RuntimeError: needs projectors | stages") for c in ("A -> B", "C")
-             for s in (0, 1, 2)]
-    jobs += [job("half", "A -> B", 0, acc=0.5), job("half", "A -> B", 1, error="boom"),
-             job("half", "A -> B", 2, acc=0.7)]
+    jobs = [
+        job(r, c, s, acc=a)
+        for (r, accs) in (("CE", (0.97, 0.98, 0.99)), ("KD", (0.98, 0.99, 0.985)))
+        for c in ("A -> B", "C")
+        for s, a in zip((0, 1, 2), accs)
+    ]
+    jobs += [
+        job("OFA_x", c, s, error="RuntimeError: needs projectors | stages")
+        for c in ("A -> B", "C")
+        for s in (0, 1, 2)
+    ]
+    jobs += [
+        job("half", "A -> B", 0, acc=0.5),
+        job("half", "A -> B", 1, error="boom"),
+        job("half", "A -> B", 2, acc=0.7),
+    ]
     jobs += [job("half", "C", s) for s in (0, 1, 2)]
     for j in jobs[-3:]:
         j.state = "missing"
@@ -275,12 +334,21 @@ def test_render_mean_std_reference_delta_and_failed_cells(tmp_path):
 
 def test_columns_with_their_own_metrics_read_one_run_and_count_wins(tmp_path):
     """A row's metric-columns read the same records; direction, scale and decimals are per column."""
-    spec = TableSpec(name="multi", metric=None, seeds=(0, 1), baseline_row="MLE",
-                     rows=(Axis("MLE"), Axis("SM")),
-                     columns=(Axis("acc", metric="test/acc", scale=100, decimals=1),
-                              Axis("ppl", metric="test/ppl", higher_is_better=False, decimals=3)))
-    records = {"MLE": ({"test/acc": 0.50, "test/ppl": 2.0}, {"test/acc": 0.70, "test/ppl": 2.2}),
-               "SM": ({"test/acc": 0.80, "test/ppl": 2.5}, {"test/acc": 0.80, "test/ppl": 2.5})}
+    spec = TableSpec(
+        name="multi",
+        metric=None,
+        seeds=(0, 1),
+        baseline_row="MLE",
+        rows=(Axis("MLE"), Axis("SM")),
+        columns=(
+            Axis("acc", metric="test/acc", scale=100, decimals=1),
+            Axis("ppl", metric="test/ppl", higher_is_better=False, decimals=3),
+        ),
+    )
+    records = {
+        "MLE": ({"test/acc": 0.50, "test/ppl": 2.0}, {"test/acc": 0.70, "test/ppl": 2.2}),
+        "SM": ({"test/acc": 0.80, "test/ppl": 2.5}, {"test/acc": 0.80, "test/ppl": 2.5}),
+    }
     jobs = []
     for row, per_seed in records.items():
         for column in ("acc", "ppl"):
@@ -288,11 +356,13 @@ def test_columns_with_their_own_metrics_read_one_run_and_count_wins(tmp_path):
                 j = Job(row, column, seed, [], run_dir=Path(f"/runs/{row}/seed{seed}"))
                 j.state, j.record = "finished", {"metrics": metrics}
                 jobs.append(j)
-    assert len(cells_mod.to_run([*jobs[:2], *jobs[2:4]])) == 0   # finished: nothing to run
+    assert len(cells_mod.to_run([*jobs[:2], *jobs[2:4]])) == 0  # finished: nothing to run
     missing = [Job(j.row, j.column, j.seed, [], run_dir=j.run_dir) for j in jobs]
-    assert len(cells_mod.to_run(missing)) == 4                     # one run per (row, seed), not per cell
+    assert len(cells_mod.to_run(missing)) == 4  # one run per (row, seed), not per cell
     cells = cells_from_jobs(spec, jobs)
-    assert cells[("MLE", "acc")].mean == pytest.approx(60.0) and cells[("SM", "ppl")].mean == pytest.approx(2.5)
+    assert cells[("MLE", "acc")].mean == pytest.approx(60.0) and cells[("SM", "ppl")].mean == pytest.approx(
+        2.5
+    )
     md = to_markdown(spec, cells, seeds=spec.seeds, machine="box")
     assert "| method | acc | Δ vs MLE | ppl | Δ vs MLE | wins vs MLE |" in md
     # SM: higher accuracy (a win), higher perplexity (a loss, lower is better there): 1 of 2 columns
@@ -301,8 +371,11 @@ def test_columns_with_their_own_metrics_read_one_run_and_count_wins(tmp_path):
     assert "acc = `test/acc` x 100" in md and "ppl = `test/ppl`" in md
     rows = list(csv.DictReader(to_csv(spec, cells).splitlines()))
     assert [(r["row"], r["column"], r["metric"], r["beats_MLE"]) for r in rows] == [
-        ("MLE", "acc", "test/acc", ""), ("MLE", "ppl", "test/ppl", ""),
-        ("SM", "acc", "test/acc", "true"), ("SM", "ppl", "test/ppl", "false")]
+        ("MLE", "acc", "test/acc", ""),
+        ("MLE", "ppl", "test/ppl", ""),
+        ("SM", "acc", "test/acc", "true"),
+        ("SM", "ppl", "test/ppl", "false"),
+    ]
     assert r"wins vs MLE" in to_latex(spec, cells, seeds=spec.seeds, machine="box")
     paths = write_all(spec, cells, tmp_path, seeds=spec.seeds, machine="box")
     assert paths[3].stat().st_size > 0
@@ -311,24 +384,42 @@ def test_columns_with_their_own_metrics_read_one_run_and_count_wins(tmp_path):
 def test_teacher_rows_get_no_wins_count():
     from divlab.tables.render import wins
 
-    spec = TableSpec(name="t", metric="test/acc", baseline_row="CE",
-                     rows=(Axis("teacher", kind="teacher"), Axis("CE"), Axis("KD")), columns=(Axis("a"), Axis("b")))
-    cells = {(r, c): Cell(r, c, values=[v], expected=1) for (r, v) in (("teacher", 0.99), ("CE", 0.9), ("KD", 0.95))
-             for c in ("a", "b")}
-    assert wins(spec, cells, "KD") == "2/2" and wins(spec, cells, "teacher") == "" and wins(spec, cells, "CE") == ""
+    spec = TableSpec(
+        name="t",
+        metric="test/acc",
+        baseline_row="CE",
+        rows=(Axis("teacher", kind="teacher"), Axis("CE"), Axis("KD")),
+        columns=(Axis("a"), Axis("b")),
+    )
+    cells = {
+        (r, c): Cell(r, c, values=[v], expected=1)
+        for (r, v) in (("teacher", 0.99), ("CE", 0.9), ("KD", 0.95))
+        for c in ("a", "b")
+    }
+    assert (
+        wins(spec, cells, "KD") == "2/2"
+        and wins(spec, cells, "teacher") == ""
+        and wins(spec, cells, "CE") == ""
+    )
 
 
 def test_column_metric_keys_are_checked(tmp_path):
-    columns = [{"name": "a", "metric": "test/acc"}, {"name": "b", "metric": "test/ppl", "higher_is_better": False}]
+    columns = [
+        {"name": "a", "metric": "test/acc"},
+        {"name": "b", "metric": "test/ppl", "higher_is_better": False},
+    ]
     table = {**GRID, "metric": None, "columns": columns, "reference": None}
     spec = load_table(str(write_table(tmp_path, "ok", table)), CONF)
     assert spec.metric_of("b") == "test/ppl" and spec.higher_is_better_of("b") is False
     assert spec.higher_is_better_of("a") is True and not spec.one_metric
     with pytest.raises(ConfigError, match="metric must be set"):
-        load_table(str(write_table(tmp_path, "bad1", {**table, "columns": [{"name": "a"}, columns[1]]})), CONF)
+        load_table(
+            str(write_table(tmp_path, "bad1", {**table, "columns": [{"name": "a"}, columns[1]]})), CONF
+        )
     with pytest.raises(ConfigError, match=r"columns\[0\].decimals must be an integer"):
-        load_table(str(write_table(tmp_path, "bad2", {**table, "columns": [{**columns[0], "decimals": "x"}]})),
-                   CONF)
+        load_table(
+            str(write_table(tmp_path, "bad2", {**table, "columns": [{**columns[0], "decimals": "x"}]})), CONF
+        )
     with pytest.raises(ConfigError, match="unknown keys"):
         load_table(str(write_table(tmp_path, "bad3", {**GRID, "rows": [{"name": "r", "metric": "x"}]})), CONF)
 
@@ -341,3 +432,38 @@ def test_long_error_is_shortened_in_the_cell_only():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_lmkd_smol_table_plans_every_divergence_with_reference_rows_once(tmp_path, monkeypatch):
+    """The LLM-distillation table composes without building a model: 8 trained rows x 3 seeds, and the
+    teacher and the untrained student (kind: reference, task.fit=false) once each."""
+    spec = load_table("lmkd_smol", CONF)
+    kinds = {r.name: r.kind for r in spec.rows}
+    assert [n for n, k in kinds.items() if k == "reference"] == [
+        "Teacher (SmolLM2-135M-Instruct)",
+        "Student before training",
+    ]
+    monkeypatch.chdir(tmp_path)
+    jobs = plan(spec, conf_dir=str(CONF), extra=[f"paths.output_root={tmp_path}"])
+    assert all(j.state == "missing" for j in jobs), [j.error for j in jobs if j.error]
+    once = [j for j in jobs if j.kind == "reference"]
+    assert len(once) == 2 * len(spec.columns) and {j.seed for j in once} == {0}
+    runs = {j.run_dir for j in jobs}
+    assert len(runs) == 2 + 8 * 3  # one run fills every column of its row
+
+
+def test_reference_rows_get_no_wins_count_and_are_not_ranked():
+    from divlab.tables.render import best_rows, wins
+
+    spec = TableSpec(
+        name="t",
+        metric="test/acc",
+        baseline_row="CE",
+        rows=(Axis("teacher", kind="reference"), Axis("CE"), Axis("KD")),
+        columns=(Axis("a"),),
+    )
+    cells = {
+        (r, "a"): Cell(r, "a", values=[v], expected=1)
+        for (r, v) in (("teacher", 0.99), ("CE", 0.9), ("KD", 0.95))
+    }
+    assert wins(spec, cells, "teacher") == "" and best_rows(spec, cells)["a"] == {"KD"}

@@ -29,8 +29,16 @@ def parse(prompt: str, answer: str, base: int, reverse: bool) -> tuple[int, int]
 
 @pytest.mark.parametrize("base,reverse,pad", [(10, False, False), (5, True, False), (10, True, True)])
 def test_problems_answers_and_splits(base, reverse, pad):
-    dm = ArithmeticDataModule(base=base, n_digits=3, n_train=300, n_val=50, n_test=60, data_seed=1,
-                              reverse_answer=reverse, pad_operands=pad)
+    dm = ArithmeticDataModule(
+        base=base,
+        n_digits=3,
+        n_train=300,
+        n_val=50,
+        n_test=60,
+        data_seed=1,
+        reverse_answer=reverse,
+        pad_operands=pad,
+    )
     dm.setup()
     tok = dm.tokenizer
     seen = {}
@@ -42,14 +50,22 @@ def test_problems_answers_and_splits(base, reverse, pad):
             ids = ds.tokens[i, : ds.length[i]].tolist()
             assert ids == tok.encode(prompt, add_bos=True) + tok.encode(answer, add_eos=True)
             assert int(ds.prompt_len[i]) == len(prompt) + 1
-            if pad:   # both operands have exactly n_digits digits
+            if pad:  # both operands have exactly n_digits digits
                 assert len(prompt) == 3 + 1 + 3 + 1
-            assert (ds.tokens[i, ds.length[i]:] == tok.pad_id).all()
-            assert seen.setdefault(prompt, split) == split      # no problem in two splits
+            assert (ds.tokens[i, ds.length[i] :] == tok.pad_id).all()
+            assert seen.setdefault(prompt, split) == split  # no problem in two splits
     assert len(seen) == 410
     # the same data_seed gives the same problems
-    again = ArithmeticDataModule(base=base, n_digits=3, n_train=300, n_val=50, n_test=60, data_seed=1,
-                                 reverse_answer=reverse, pad_operands=pad)
+    again = ArithmeticDataModule(
+        base=base,
+        n_digits=3,
+        n_train=300,
+        n_val=50,
+        n_test=60,
+        data_seed=1,
+        reverse_answer=reverse,
+        pad_operands=pad,
+    )
     assert again.dataset("test").texts == dm.dataset("test").texts
 
 
@@ -59,7 +75,7 @@ def test_ood_prefix_is_a_correct_prefix_and_one_wrong_digit():
     for i, (prompt, answer) in enumerate(ds.texts):
         ood = tok.decode(ds.ood_tokens[i, : ds.ood_len[i]].tolist())
         assert ood.startswith(prompt)
-        prefix = ood[len(prompt):]
+        prefix = ood[len(prompt) :]
         k = len(prefix) - 1
         assert 0 <= k < len(answer) and prefix[:k] == answer[:k] and prefix[k] != answer[k]
         assert prefix[k] in "0123456789"
@@ -101,7 +117,7 @@ def test_text_windows_from_a_file(tmp_path):
     item = train[0]
     assert item["tokens"].shape == (33,) and int(item["prompt_len"]) == 1 and int(item["length"]) == 33
     assert bytes(item["tokens"].tolist()).decode() == text[:33]
-    assert bytes(train[1]["tokens"].tolist()).decode() == text[32:65]   # windows overlap by one token
+    assert bytes(train[1]["tokens"].tolist()).decode() == text[32:65]  # windows overlap by one token
     assert dm.vocab_size == 260
     with pytest.raises(ConfigError, match="path"):
         TextWindowsDataModule(path=str(tmp_path / "missing.txt")).setup()
@@ -112,7 +128,8 @@ def test_text_windows_from_a_file(tmp_path):
 def test_text_windows_from_a_local_hugging_face_dataset(tmp_path, monkeypatch):
     """corpus=hf:<dataset>: any `datasets.load_dataset` source; a local folder of .txt files is offline."""
     import datasets  # a dependency of divlab (pyproject)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")   # no writes outside tmp
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")  # no writes outside tmp
     folder = tmp_path / "tiny_ds"
     folder.mkdir()
     lines = [f"row {i}: all the world's a stage" for i in range(120)]
@@ -120,7 +137,7 @@ def test_text_windows_from_a_local_hugging_face_dataset(tmp_path, monkeypatch):
     dm = TextWindowsDataModule(corpus=f"hf:{folder}", block_size=32, batch_size=4)
     dm.setup()
     first = bytes(dm.dataset("train")[0]["tokens"].tolist()).decode()
-    assert first == "\n\n".join(lines)[:33]          # the `text` field of the train split, rows joined
+    assert first == "\n\n".join(lines)[:33]  # the `text` field of the train split, rows joined
     with pytest.raises(ConfigError, match="could not be loaded by datasets.load_dataset"):
         TextWindowsDataModule(corpus=f"hf:{tmp_path / 'no_such_dataset'}").setup()
 

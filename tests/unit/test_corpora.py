@@ -9,9 +9,13 @@ from divlab.data import corpora
 from divlab.data.corpora import CORPORA, read_corpus
 from divlab.errors import ConfigError
 
-DEBIAN_SOURCES = {"fortunes": corpora.FORTUNES_ROOT, "kjv": Path("/usr/lib/bible.data"),
-                  "jargon": corpora.JARGON_FILE, "wordnet": corpora.WORDNET_ROOT / "data.noun",
-                  "licenses": corpora.LICENSES_ROOT}
+DEBIAN_SOURCES = {
+    "fortunes": corpora.FORTUNES_ROOT,
+    "kjv": Path("/usr/lib/bible.data"),
+    "jargon": corpora.JARGON_FILE,
+    "wordnet": corpora.WORDNET_ROOT / "data.noun",
+    "licenses": corpora.LICENSES_ROOT,
+}
 
 
 def _present(name: str) -> bool:
@@ -28,7 +32,7 @@ def test_corpus_reads_prefix_deterministically(name):
     b = read_corpus(name, max_chars=5000)
     assert a == b and len(a) == 5000 and a.strip()
     longer = read_corpus(name, max_chars=20000)
-    assert longer.startswith(a)                         # a prefix of the same text
+    assert longer.startswith(a)  # a prefix of the same text
 
 
 def test_known_contents():
@@ -55,7 +59,9 @@ def test_user_file_and_folder(tmp_path):
     assert read_corpus(str(tmp_path / "b.txt")) == "second"
 
 
-@pytest.mark.parametrize("name, match", [("shakespear", "choose one of"), ("/no/such/file", "does not exist")])
+@pytest.mark.parametrize(
+    "name, match", [("shakespear", "choose one of"), ("/no/such/file", "does not exist")]
+)
 def test_bad_names_fail_with_one_sentence(name, match):
     with pytest.raises(ConfigError, match=match):
         read_corpus(name)

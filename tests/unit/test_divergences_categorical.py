@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -25,7 +27,9 @@ REFERENCE = {
     "reverse_kl": lambda p, q: rel_entr(q, p).sum(-1),
     "jeffreys": lambda p, q: (rel_entr(p, q) + rel_entr(q, p)).sum(-1),
     "js": lambda p, q: jensenshannon(p, q, axis=-1) ** 2,
-    "generalized_js": lambda p, q: (0.5 * rel_entr(p, _mix(p, q, 0.5)) + 0.5 * rel_entr(q, _mix(p, q, 0.5))).sum(-1) / 0.25,
+    "generalized_js": lambda p, q: (
+        0.5 * rel_entr(p, _mix(p, q, 0.5)) + 0.5 * rel_entr(q, _mix(p, q, 0.5))
+    ).sum(-1),
     "total_variation": lambda p, q: 0.5 * np.abs(p - q).sum(-1),
     "pearson_chi2": lambda p, q: ((p - q) ** 2 / q).sum(-1),
     "neyman_chi2": lambda p, q: ((p - q) ** 2 / p).sum(-1),
@@ -39,21 +43,44 @@ REFERENCE = {
 }
 
 PARAMETRISED = [  # (name, params, reference) beyond the defaults
-    ("generalized_js", {"beta": 0.2}, lambda p, q: (0.2 * rel_entr(p, _mix(p, q, 0.2)) + 0.8 * rel_entr(q, _mix(p, q, 0.2))).sum(-1) / 0.16),
-    ("generalized_js", {"beta": 0.7, "normalized": False}, lambda p, q: (0.7 * rel_entr(p, _mix(p, q, 0.7)) + 0.3 * rel_entr(q, _mix(p, q, 0.7))).sum(-1)),
+    (
+        "generalized_js",
+        {"beta": 0.2, "normalized": True},
+        lambda p, q: (0.2 * rel_entr(p, _mix(p, q, 0.2)) + 0.8 * rel_entr(q, _mix(p, q, 0.2))).sum(-1) / 0.16,
+    ),
+    (
+        "generalized_js",
+        {"beta": 0.7},
+        lambda p, q: (0.7 * rel_entr(p, _mix(p, q, 0.7)) + 0.3 * rel_entr(q, _mix(p, q, 0.7))).sum(-1),
+    ),
     ("alpha", {"alpha": 2.0}, lambda p, q: ((p**2 / q).sum(-1) - 1) / 2),
     ("alpha", {"alpha": -0.7}, lambda p, q: ((p**-0.7 * q**1.7).sum(-1) - 1) / (-0.7 * -1.7)),
     ("alpha", {"alpha": 1.0}, lambda p, q: rel_entr(p, q).sum(-1)),
     ("alpha", {"alpha": 0.0}, lambda p, q: rel_entr(q, p).sum(-1)),
     ("skew_kl", {"alpha": 0.4}, lambda p, q: rel_entr(p, _mix(p, q, 0.4)).sum(-1)),
     ("skew_reverse_kl", {"alpha": 0.3}, lambda p, q: rel_entr(q, _mix(p, q, 0.7)).sum(-1)),
-    ("alpha_beta", {"alpha": 0.3, "beta": 1.2},
-     lambda p, q: -(p**0.3 * q**1.2 - 0.2 * p**1.5 - 0.8 * q**1.5).sum(-1) / 0.36),
+    (
+        "alpha_beta",
+        {"alpha": 0.3, "beta": 1.2},
+        lambda p, q: -(p**0.3 * q**1.2 - 0.2 * p**1.5 - 0.8 * q**1.5).sum(-1) / 0.36,
+    ),
     ("alpha_beta", {"alpha": 1.0, "beta": 0.0}, lambda p, q: rel_entr(p, q).sum(-1)),
     ("alpha_beta", {"alpha": 0.0, "beta": 1.0}, lambda p, q: rel_entr(q, p).sum(-1)),
-    ("alpha_beta", {"alpha": 0.6, "beta": 0.0}, lambda p, q: (p**0.6 * np.log(p**0.6 / q**0.6) - p**0.6 + q**0.6).sum(-1) / 0.36),
-    ("alpha_beta", {"alpha": 0.0, "beta": 0.4}, lambda p, q: (q**0.4 * np.log(q**0.4 / p**0.4) - q**0.4 + p**0.4).sum(-1) / 0.16),
-    ("alpha_beta", {"alpha": 0.5, "beta": -0.5}, lambda p, q: (np.log(q**0.5 / p**0.5) + p**0.5 / q**0.5 - 1).sum(-1) / 0.25),
+    (
+        "alpha_beta",
+        {"alpha": 0.6, "beta": 0.0},
+        lambda p, q: (p**0.6 * np.log(p**0.6 / q**0.6) - p**0.6 + q**0.6).sum(-1) / 0.36,
+    ),
+    (
+        "alpha_beta",
+        {"alpha": 0.0, "beta": 0.4},
+        lambda p, q: (q**0.4 * np.log(q**0.4 / p**0.4) - q**0.4 + p**0.4).sum(-1) / 0.16,
+    ),
+    (
+        "alpha_beta",
+        {"alpha": 0.5, "beta": -0.5},
+        lambda p, q: (np.log(q**0.5 / p**0.5) + p**0.5 / q**0.5 - 1).sum(-1) / 0.25,
+    ),
     ("alpha_beta", {"alpha": 0.0, "beta": 0.0}, lambda p, q: 0.5 * ((np.log(p) - np.log(q)) ** 2).sum(-1)),
 ]
 
@@ -67,7 +94,10 @@ def _ids(case):
 
 def _logits(kind: str, seed: int, shape=(5, 7)):
     g = torch.Generator().manual_seed(seed)
-    t, s = torch.randn(shape, generator=g, dtype=torch.float64), torch.randn(shape, generator=g, dtype=torch.float64)
+    t, s = (
+        torch.randn(shape, generator=g, dtype=torch.float64),
+        torch.randn(shape, generator=g, dtype=torch.float64),
+    )
     if kind == "peaked":  # one dominant class with probability ~0.999, others tiny
         t, s = 1.5 * t, 1.5 * s
         t[..., 0] += 9.0
@@ -112,13 +142,15 @@ def test_js_is_scipy_jensenshannon_squared_and_generalized_js_endpoints():
     p, q = softmax(t.numpy(), -1), softmax(s.numpy(), -1)
     js = get_divergence("js")(t, s).numpy()
     np.testing.assert_allclose(js, jensenshannon(p, q, axis=-1) ** 2, rtol=1e-10)
-    np.testing.assert_allclose(get_divergence("generalized_js", beta=0.5)(t, s).numpy(), 4 * js, rtol=1e-10)
+    np.testing.assert_allclose(get_divergence("generalized_js", beta=0.5)(t, s).numpy(), js, rtol=1e-10)
+    gjs = functools.partial(get_divergence, "generalized_js", normalized=True)
+    np.testing.assert_allclose(gjs(beta=0.5)(t, s).numpy(), 4 * js, rtol=1e-10)
     fwd, rev = get_divergence("forward_kl")(t, s), get_divergence("reverse_kl")(t, s)
-    torch.testing.assert_close(get_divergence("generalized_js", beta=0.0)(t, s), fwd, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(get_divergence("generalized_js", beta=1.0)(t, s), rev, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gjs(beta=0.0)(t, s), fwd, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gjs(beta=1.0)(t, s), rev, rtol=1e-10, atol=1e-12)
     # continuity at the endpoints (normalized form); error is O(beta)
-    torch.testing.assert_close(get_divergence("generalized_js", beta=1e-6)(t, s), fwd, rtol=1e-4, atol=0)
-    torch.testing.assert_close(get_divergence("generalized_js", beta=1 - 1e-6)(t, s), rev, rtol=1e-4, atol=0)
+    torch.testing.assert_close(gjs(beta=1e-6)(t, s), fwd, rtol=1e-4, atol=0)
+    torch.testing.assert_close(gjs(beta=1 - 1e-6)(t, s), rev, rtol=1e-4, atol=0)
 
 
 def test_named_identities_between_members():
@@ -183,8 +215,8 @@ def test_parameter_limits_equal_the_kls(rows, factor):
     g = get_divergence
     assert abs(float(g("alpha", alpha=1 - eps)(t, s)) - fwd) < tol
     assert abs(float(g("alpha", alpha=eps)(t, s)) - rev) < tol
-    assert abs(float(g("generalized_js", beta=eps)(t, s)) - fwd) < tol
-    assert abs(float(g("generalized_js", beta=1 - eps)(t, s)) - rev) < tol
+    assert abs(float(g("generalized_js", beta=eps, normalized=True)(t, s)) - fwd) < tol
+    assert abs(float(g("generalized_js", beta=1 - eps, normalized=True)(t, s)) - rev) < tol
     assert abs(float(g("alpha_beta", alpha=1.0, beta=eps)(t, s)) - fwd) < tol
     assert abs(float(g("alpha_beta", alpha=eps, beta=1.0)(t, s)) - rev) < tol
     assert abs(float(g("skew_kl", alpha=eps)(t, s)) - fwd) < tol
@@ -205,19 +237,30 @@ def test_alpha_beta_singular_points_are_continuous():
 
 
 GENERATOR_CASES = [(n, {}) for n in F_MEMBERS] + [
-    ("alpha", {"alpha": 1.0}), ("alpha", {"alpha": 0.0}), ("alpha", {"alpha": 2.5}),
-    ("generalized_js", {"beta": 0.0}), ("generalized_js", {"beta": 1.0}), ("generalized_js", {"beta": 0.3, "normalized": False}),
-    ("skew_kl", {"alpha": 0.5}), ("skew_reverse_kl", {"alpha": 0.5}), ("alpha_beta", {"alpha": 0.25, "beta": 0.75}),
+    ("alpha", {"alpha": 1.0}),
+    ("alpha", {"alpha": 0.0}),
+    ("alpha", {"alpha": 2.5}),
+    ("generalized_js", {"beta": 0.0, "normalized": True}),
+    ("generalized_js", {"beta": 1.0, "normalized": True}),
+    ("generalized_js", {"beta": 0.3}),
+    ("generalized_js", {"beta": 0.3, "normalized": True}),
+    ("skew_kl", {"alpha": 0.5}),
+    ("skew_reverse_kl", {"alpha": 0.5}),
+    ("alpha_beta", {"alpha": 0.25, "beta": 0.75}),
 ]
 
 
-@pytest.mark.parametrize("case", GENERATOR_CASES, ids=lambda c: c[0] + "".join(f"-{v}" for v in c[1].values()))
+@pytest.mark.parametrize(
+    "case", GENERATOR_CASES, ids=lambda c: c[0] + "".join(f"-{v}" for v in c[1].values())
+)
 def test_f_prime_and_weight_match_autograd(case):
     """f(1) = 0, f'(u) = d f/du and weight(r) = r^2 f''(r), both by autograd, on a grid of ratios."""
     name, params = case
     d = get_divergence(name, **params)
     assert float(d.f(torch.tensor(1.0, dtype=torch.float64))) == pytest.approx(0.0, abs=1e-12)
-    r = torch.cat([torch.logspace(-2, 1.3, 40, dtype=torch.float64), torch.tensor([0.9, 1.1, 1.5], dtype=torch.float64)])
+    r = torch.cat(
+        [torch.logspace(-2, 1.3, 40, dtype=torch.float64), torch.tensor([0.9, 1.1, 1.5], dtype=torch.float64)]
+    )
     r = r[(r - 1).abs() > 1e-3].requires_grad_(True)  # total_variation's kink sits at u = 1
     (df,) = torch.autograd.grad(d.f(r).sum(), r, create_graph=True)
     (d2f,) = torch.autograd.grad(df.sum(), r)
@@ -254,9 +297,21 @@ def test_gradcheck_float64(name):
 
 
 # members whose value stays finite when the two distributions have disjoint supports
-DISJOINT_FINITE = ["forward_kl", "reverse_kl", "jeffreys", "js", "generalized_js", "total_variation",
-                   "squared_hellinger", "softened_reverse_kl", "alpha", "skew_kl", "skew_reverse_kl",
-                   "chi2_mixture", "alpha_beta"]
+DISJOINT_FINITE = [
+    "forward_kl",
+    "reverse_kl",
+    "jeffreys",
+    "js",
+    "generalized_js",
+    "total_variation",
+    "squared_hellinger",
+    "softened_reverse_kl",
+    "alpha",
+    "skew_kl",
+    "skew_reverse_kl",
+    "chi2_mixture",
+    "alpha_beta",
+]
 
 
 def _finite_value_and_grads(d, t, s):
@@ -264,7 +319,11 @@ def _finite_value_and_grads(d, t, s):
     s = s.clone().requires_grad_(True)
     v = d(t, s)
     v.sum().backward()
-    return bool(torch.isfinite(v).all()), bool(torch.isfinite(t.grad).all() and torch.isfinite(s.grad).all()), v
+    return (
+        bool(torch.isfinite(v).all()),
+        bool(torch.isfinite(t.grad).all() and torch.isfinite(s.grad).all()),
+        v,
+    )
 
 
 @pytest.mark.parametrize("name", CATEGORICAL_NO_LABELS)

@@ -35,8 +35,15 @@ def _close(a, b, dtype):
     torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * float(b.detach().abs().max()) + 1e-12)
 
 
-CASES = [("forward_kl", {}), ("reverse_kl", {}), ("js", {}), ("generalized_js", {"beta": 0.3}),
-         ("dkd", {}), ("pld", {}), ("alpha_beta", {"alpha": 0.4, "beta": 0.4})]
+CASES = [
+    ("forward_kl", {}),
+    ("reverse_kl", {}),
+    ("js", {}),
+    ("generalized_js", {"beta": 0.3}),
+    ("dkd", {}),
+    ("pld", {}),
+    ("alpha_beta", {"alpha": 0.4, "beta": 0.4}),
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -71,8 +78,14 @@ def test_fused_linear_equals_plain(case, teacher):
     plain = div(th @ tw.t(), h1 @ w1.t(), mask=mask, reduction="mean", **kw)
     plain.backward()
     h2, w2 = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
-    tkw = {"teacher_logits": th @ tw.t()} if teacher == "logits" else {"teacher_hidden": th, "teacher_weight": tw}
-    fused = fused_linear_divergence(h2, w2, divergence=div, mask=mask, chunk_size=8, reduction="mean", **tkw, **kw)
+    tkw = (
+        {"teacher_logits": th @ tw.t()}
+        if teacher == "logits"
+        else {"teacher_hidden": th, "teacher_weight": tw}
+    )
+    fused = fused_linear_divergence(
+        h2, w2, divergence=div, mask=mask, chunk_size=8, reduction="mean", **tkw, **kw
+    )
     fused.backward()
     _close(fused, plain, dtype)
     _close(h2.grad, h1.grad, dtype)

@@ -28,8 +28,12 @@ def test_hinton_kd_is_t2_times_kl_at_temperature():
     t, s, y = _data()
     T = 3.0
     ref = rel_entr(softmax(t.numpy() / T, -1), softmax(s.numpy() / T, -1)).sum(-1)
-    np.testing.assert_allclose(get_divergence("hinton_kd", temperature=T)(t, s, labels=y).numpy(), T**2 * ref, rtol=1e-10)
-    np.testing.assert_allclose(get_divergence("hinton_kd", temperature=T, t2_scale=False)(t, s).numpy(), ref, rtol=1e-10)
+    np.testing.assert_allclose(
+        get_divergence("hinton_kd", temperature=T)(t, s, labels=y).numpy(), T**2 * ref, rtol=1e-10
+    )
+    np.testing.assert_allclose(
+        get_divergence("hinton_kd", temperature=T, t2_scale=False)(t, s).numpy(), ref, rtol=1e-10
+    )
 
 
 def test_dkd_decomposition_kd_equals_tckd_plus_weighted_nckd():
@@ -93,7 +97,10 @@ def test_pld_matches_hand_computation_and_tau_limit():
     # tau -> 0 with the label = teacher's argmax: weights become one-hot on rank 1, i.e. CE
     y_top = t.argmax(-1)
     torch.testing.assert_close(
-        get_divergence("pld", tau=1e-3)(t, s, labels=y_top), F.cross_entropy(s, y_top, reduction="none"), rtol=1e-6, atol=1e-8
+        get_divergence("pld", tau=1e-3)(t, s, labels=y_top),
+        F.cross_entropy(s, y_top, reduction="none"),
+        rtol=1e-6,
+        atol=1e-8,
     )
 
 
@@ -101,14 +108,18 @@ def test_ofa_hand_computation_and_eps_one_is_soft_cross_entropy():
     t, s, y = _data(7, n=5, c=8)
     p, logq = softmax(t.numpy(), -1), np_log_softmax(s.numpy(), -1)
     soft_ce = -(p * logq).sum(-1)
-    np.testing.assert_allclose(get_divergence("ofa", epsilon=1.0)(t, s, labels=y).numpy(), soft_ce, rtol=1e-10)
+    np.testing.assert_allclose(
+        get_divergence("ofa", epsilon=1.0)(t, s, labels=y).numpy(), soft_ce, rtol=1e-10
+    )
     eps = 1.5
     onehot = np.eye(8)[y.numpy()]
     w = (p + onehot) ** eps - onehot
-    np.testing.assert_allclose(get_divergence("ofa", epsilon=eps)(t, s, labels=y).numpy(), -(w * logq).sum(-1), rtol=1e-10)
+    np.testing.assert_allclose(
+        get_divergence("ofa", epsilon=eps)(t, s, labels=y).numpy(), -(w * logq).sum(-1), rtol=1e-10
+    )
 
 
-def test_sinkd_equals_pot_on_l1_costs_between_rows():
+def test_sinkd_pot_plan_equals_pot_on_l1_costs_between_rows():
     t, s, _ = _data(8, n=7, c=5)
     T, eps, iters, lam = 2.0, 0.05, 30, 0.5
     p, q = softmax(t.numpy() / T, -1), softmax(s.numpy() / T, -1)
@@ -117,7 +128,7 @@ def test_sinkd_equals_pot_on_l1_costs_between_rows():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = ot.sinkhorn2(w, w, cost, eps, numItermax=iters, stopThr=0.0)
-    got = get_divergence("sinkd", temperature=T, epsilon=eps, iterations=iters, lam=lam)(t, s)
+    got = get_divergence("sinkd", temperature=T, epsilon=eps, iterations=iters, lam=lam, plan="pot")(t, s)
     assert got.shape == ()
     assert float(got) == pytest.approx(lam * float(ref), rel=1e-9)
 

@@ -14,10 +14,32 @@ from divlab.divergences import available, get_divergence
 CONF = Path(__file__).resolve().parents[2] / "conf" / "divergence"
 
 MEMBERS = {
-    "forward_kl", "reverse_kl", "jeffreys", "js", "generalized_js", "total_variation", "pearson_chi2",
-    "neyman_chi2", "squared_hellinger", "softened_reverse_kl", "alpha", "skew_kl", "skew_reverse_kl",
-    "alpha_beta", "chi2_mixture", "hinton_kd", "dkd", "pld", "sinkd", "ofa", "mmd", "energy_distance",
-    "sliced_wasserstein", "sinkhorn", "cauchy_schwarz", "distance_covariance",
+    "forward_kl",
+    "reverse_kl",
+    "jeffreys",
+    "js",
+    "generalized_js",
+    "total_variation",
+    "pearson_chi2",
+    "neyman_chi2",
+    "squared_hellinger",
+    "softened_reverse_kl",
+    "alpha",
+    "skew_kl",
+    "skew_reverse_kl",
+    "alpha_beta",
+    "chi2_mixture",
+    "hinton_kd",
+    "dkd",
+    "pld",
+    "sinkd",
+    "ofa",
+    "mmd",
+    "energy_distance",
+    "sliced_wasserstein",
+    "sinkhorn",
+    "cauchy_schwarz",
+    "distance_covariance",
 }
 
 
@@ -26,7 +48,9 @@ def test_available_lists_every_member_sorted():
 
 
 def test_unknown_name_lists_the_choices():
-    with pytest.raises(ValueError, match=r"Unknown divergence 'kl'; choose one of: alpha, alpha_beta, .*forward_kl"):
+    with pytest.raises(
+        ValueError, match=r"Unknown divergence 'kl'; choose one of: alpha, alpha_beta, .*forward_kl"
+    ):
         get_divergence("kl")
 
 
@@ -36,13 +60,15 @@ def test_unknown_name_lists_the_choices():
         ("alpha", {"alpha": float("inf")}, "alpha"),
         ("skew_kl", {"alpha": 1.0}, "alpha must be in \\[0, 1\\)"),
         ("skew_reverse_kl", {"alpha": -0.1}, "alpha must be in \\[0, 1\\)"),
-        ("generalized_js", {"beta": 1.5}, "beta must be in \\[0, 1\\]"),
-        ("generalized_js", {"beta": 0.0, "normalized": False}, "beta must be in \\(0, 1\\)"),
+        ("generalized_js", {"beta": 1.5, "normalized": True}, "beta must be in \\[0, 1\\]"),
+        ("generalized_js", {"beta": 0.0}, "beta must be in \\(0, 1\\).*forward_kl"),
+        ("generalized_js", {"beta": 1.5}, "beta must be in \\(0, 1\\)"),
         ("hinton_kd", {"temperature": 0.0}, "temperature must be in \\(0, inf\\)"),
         ("dkd", {"temperature": -1.0}, "temperature"),
         ("pld", {"tau": 0}, "tau"),
         ("ofa", {"epsilon": 0}, "epsilon"),
         ("sinkd", {"iterations": 0}, "iterations must be an integer >= 1"),
+        ("sinkd", {"plan": "uniform"}, "plan must be one of reference, pot"),
         ("sinkhorn", {"epsilon": 0}, "epsilon"),
         ("mmd", {"bandwidths": [1.0, -2.0]}, "bandwidths"),
         ("sliced_wasserstein", {"p": 0.5}, "p must be in \\[1, inf\\)"),
@@ -80,3 +106,16 @@ def test_every_member_runs_on_its_call_shape(name):
     assert torch.isfinite(out).all()
     assert d.kind in ("categorical", "batch", "samples")
     assert getattr(d, "needs_labels", False) == (name in {"dkd", "pld", "ofa"})
+
+
+OWN_TEMPERATURE = {"hinton_kd", "dkd", "ofa", "pld", "sinkd"}
+
+
+@pytest.mark.parametrize("name", sorted(MEMBERS))
+def test_every_kd_member_says_whether_it_owns_its_temperature(name):
+    cls = type(get_divergence(name))
+    if cls.kind == "samples":
+        return
+    declared = [c for c in cls.__mro__ if "owns_temperature" in vars(c)]
+    assert declared, f"{name} inherits no explicit owns_temperature"
+    assert cls.owns_temperature is (name in OWN_TEMPERATURE)

@@ -62,7 +62,9 @@ def test_energy_distance_gaussian_closed_form():
     """1-D N(0,1) vs N(mu,1): 2 E|X-Y| - 2 E|X-X'| with X-Y ~ N(-mu, 2), X-X' ~ N(0, 2)."""
     mu = 1.0
     sd = math.sqrt(2.0)
-    e_xy = sd * math.sqrt(2 / math.pi) * math.exp(-(mu**2) / (2 * sd**2)) + mu * math.erf(mu / (sd * math.sqrt(2)))
+    e_xy = sd * math.sqrt(2 / math.pi) * math.exp(-(mu**2) / (2 * sd**2)) + mu * math.erf(
+        mu / (sd * math.sqrt(2))
+    )
     e_xx = sd * math.sqrt(2 / math.pi)
     expected = 2 * e_xy - 2 * e_xx
     got = float(get_divergence("energy_distance")(_gauss(2000, 1, seed=8), _gauss(2000, 1, mean=mu, seed=9)))
@@ -99,13 +101,18 @@ def _pot_sinkhorn2(cost: np.ndarray, eps: float, iters: int) -> float:
     n, m = cost.shape
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(ot.sinkhorn2(np.full(n, 1 / n), np.full(m, 1 / m), cost, eps, numItermax=iters, stopThr=0.0))
+        return float(
+            ot.sinkhorn2(np.full(n, 1 / n), np.full(m, 1 / m), cost, eps, numItermax=iters, stopThr=0.0)
+        )
 
 
 @pytest.mark.parametrize("eps", [0.5, 0.05, 0.005])
 def test_batched_sinkhorn_matches_pot_per_problem(eps):
     g = torch.Generator().manual_seed(15)
-    x, y = torch.rand(6, 12, 2, generator=g, dtype=torch.float64), torch.rand(6, 9, 2, generator=g, dtype=torch.float64)
+    x, y = (
+        torch.rand(6, 12, 2, generator=g, dtype=torch.float64),
+        torch.rand(6, 9, 2, generator=g, dtype=torch.float64),
+    )
     cost = torch.cdist(x, y) ** 2
     iters = 200
     values, plans = sinkhorn_cost(cost, epsilon=eps, iterations=iters)
@@ -113,7 +120,9 @@ def test_batched_sinkhorn_matches_pot_per_problem(eps):
     np.testing.assert_allclose(values.numpy(), refs, rtol=1e-9)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plan0 = ot.sinkhorn(np.full(12, 1 / 12), np.full(9, 1 / 9), cost[0].numpy(), eps, numItermax=iters, stopThr=0.0)
+        plan0 = ot.sinkhorn(
+            np.full(12, 1 / 12), np.full(9, 1 / 9), cost[0].numpy(), eps, numItermax=iters, stopThr=0.0
+        )
     np.testing.assert_allclose(plans[0].numpy(), plan0, rtol=1e-7, atol=1e-14)
     values32, _ = sinkhorn_cost(cost.float(), epsilon=eps, iterations=iters)
     np.testing.assert_allclose(values32.double().numpy(), refs, rtol=1e-5)
@@ -122,7 +131,10 @@ def test_batched_sinkhorn_matches_pot_per_problem(eps):
 def test_batched_sinkhorn_matrix_product_path_matches_pot():
     """Problems with N * M >= 4096 use batched matrix products instead of multiply-and-sum."""
     g = torch.Generator().manual_seed(28)
-    x, y = torch.rand(2, 70, 2, generator=g, dtype=torch.float64), torch.rand(2, 64, 2, generator=g, dtype=torch.float64)
+    x, y = (
+        torch.rand(2, 70, 2, generator=g, dtype=torch.float64),
+        torch.rand(2, 64, 2, generator=g, dtype=torch.float64),
+    )
     cost = torch.cdist(x, y) ** 2
     values, _ = sinkhorn_cost(cost, epsilon=0.01, iterations=150)
     refs = np.array([_pot_sinkhorn2(cost[i].numpy(), 0.01, 150) for i in range(2)])
@@ -139,12 +151,17 @@ def test_sinkhorn_small_epsilon_approaches_exact_ot():
 
 def test_sinkhorn_sample_divergence_batched_and_debiased():
     g = torch.Generator().manual_seed(18)
-    x, y = torch.randn(3, 20, 2, generator=g, dtype=torch.float64), torch.randn(3, 25, 2, generator=g, dtype=torch.float64) + 0.5
+    x, y = (
+        torch.randn(3, 20, 2, generator=g, dtype=torch.float64),
+        torch.randn(3, 25, 2, generator=g, dtype=torch.float64) + 0.5,
+    )
     d = get_divergence("sinkhorn", epsilon=0.1, iterations=200)
     out = d(x, y)
     assert out.shape == (3,)
     for i in range(3):
-        assert float(out[i]) == pytest.approx(_pot_sinkhorn2((torch.cdist(x[i], y[i]) ** 2).numpy(), 0.1, 200), rel=1e-9)
+        assert float(out[i]) == pytest.approx(
+            _pot_sinkhorn2((torch.cdist(x[i], y[i]) ** 2).numpy(), 0.1, 200), rel=1e-9
+        )
     deb = get_divergence("sinkhorn", epsilon=0.1, iterations=200, debiased=True)
     assert abs(float(deb(x[0], x[0]))) < 1e-10
     assert (deb(x, y) > 0).all()
@@ -219,7 +236,9 @@ def test_distance_correlation_bivariate_normal_closed_form():
     assert abs(independent) < 0.01
 
 
-@pytest.mark.parametrize("name", ["mmd", "energy_distance", "sliced_wasserstein", "cauchy_schwarz", "distance_covariance"])
+@pytest.mark.parametrize(
+    "name", ["mmd", "energy_distance", "sliced_wasserstein", "cauchy_schwarz", "distance_covariance"]
+)
 def test_sample_members_gradcheck_and_float32_upcast(name):
     g = torch.Generator().manual_seed(27)
     x = torch.randn(6, 2, generator=g, dtype=torch.float64, requires_grad=True)

@@ -59,7 +59,7 @@ def test_sigma_sampler_and_schedule():
     assert len(sig) == 19 and sig[-1] == 0
     assert math.isclose(sig[0], 80.0) and math.isclose(sig[-2], 0.002, rel_tol=1e-9)
     assert (sig[:-1].diff() < 0).all()
-    i = 5   # eq. 5 by hand
+    i = 5  # eq. 5 by hand
     expect = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
     assert math.isclose(sig[i], expect, rel_tol=1e-12)
     assert karras_sigmas(1).tolist() == [80.0, 0.0]
@@ -85,16 +85,26 @@ def test_mixture_log_density_matches_scipy_and_score_matches_autograd():
     teacher = GMMTeacher.from_mixture(m)
     x = torch.randn(16, 2, dtype=torch.float64) * 2
     for sigma in (0.0, 0.05, 1.0, 30.0):
-        ref = torch.tensor(logsumexp(np.stack([math.log(w) + multivariate_normal.logpdf(
-            x.numpy(), mu.numpy(), s**2 + sigma**2) for w, mu, s in zip(m.weights.tolist(), m.means,
-                                                                         m.stds.tolist())]), axis=0))
+        ref = torch.tensor(
+            logsumexp(
+                np.stack(
+                    [
+                        math.log(w) + multivariate_normal.logpdf(x.numpy(), mu.numpy(), s**2 + sigma**2)
+                        for w, mu, s in zip(m.weights.tolist(), m.means, m.stds.tolist())
+                    ]
+                ),
+                axis=0,
+            )
+        )
         if sigma > 0:
             assert torch.allclose(teacher.log_density(x, sigma), ref, rtol=1e-8, atol=1e-8)
         xr = x.clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(teacher.log_density(xr, sigma).sum(), xr)
         assert torch.allclose(teacher.score(x, sigma), grad, rtol=1e-8, atol=1e-8)
         if sigma > 0:
-            assert torch.allclose(score_from_denoiser(teacher(x, sigma), x, sigma), grad, rtol=1e-6, atol=1e-8)
+            assert torch.allclose(
+                score_from_denoiser(teacher(x, sigma), x, sigma), grad, rtol=1e-6, atol=1e-8
+            )
 
 
 def test_heun_with_exact_teacher_reproduces_the_mixture():
@@ -103,7 +113,7 @@ def test_heun_with_exact_teacher_reproduces_the_mixture():
     z = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x = heun_sampler(teacher, z, num_steps=18)
     nearest = torch.cdist(x, m.means).min(1).values
-    assert (nearest < 3 * 0.1).float().mean() > 0.97          # samples sit on the modes
-    one = euler_sampler(teacher, z, num_steps=1)               # one Euler step = D(sigma_max z; sigma_max)
+    assert (nearest < 3 * 0.1).float().mean() > 0.97  # samples sit on the modes
+    one = euler_sampler(teacher, z, num_steps=1)  # one Euler step = D(sigma_max z; sigma_max)
     assert torch.allclose(one, teacher(80.0 * z, 80.0))
-    assert one.norm(dim=1).max() < 0.2                         # ... which is the mixture mean
+    assert one.norm(dim=1).max() < 0.2  # ... which is the mixture mean

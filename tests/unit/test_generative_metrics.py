@@ -13,9 +13,9 @@ def test_mode_statistics_by_hand():
     m = ring8_mixture()
     # 60 samples on mode 0, 39 on mode 3, 1 (1% < threshold? no: exactly 1%) on mode 5, 0 elsewhere, plus 100 off-mode
     on = torch.cat([m.means[0].repeat(60, 1), m.means[3].repeat(39, 1), m.means[5].repeat(1, 1)])
-    off = torch.zeros(100, 2)                                     # the ring centre: far from every mode
+    off = torch.zeros(100, 2)  # the ring centre: far from every mode
     stats = mode_statistics(torch.cat([on, off]), m)
-    assert stats["modes_covered"] == 2                            # 1/200 = 0.5% < 1%
+    assert stats["modes_covered"] == 2  # 1/200 = 0.5% < 1%
     assert stats["coverage"] == 2 / 8
     assert stats["hq"] == 0.5
     share = np.zeros(8)
@@ -24,7 +24,9 @@ def test_mode_statistics_by_hand():
     # just inside / outside 3 std
     edge = m.means[1] + torch.tensor([0.299, 0.0], dtype=torch.float64)
     assert mode_statistics(edge[None], m)["hq"] == 1.0
-    assert mode_statistics((m.means[1] + torch.tensor([0.301, 0.0], dtype=torch.float64))[None], m)["hq"] == 0.0
+    assert (
+        mode_statistics((m.means[1] + torch.tensor([0.301, 0.0], dtype=torch.float64))[None], m)["hq"] == 0.0
+    )
 
 
 def test_knn_precision_recall_matches_sklearn():
@@ -51,5 +53,7 @@ def test_sample_divergences_are_the_library_ones():
     out = sample_divergences(x, y)
     assert np.isclose(out["mmd"], float(get_divergence("mmd")(x, y)))
     assert np.isclose(out["energy"], float(get_divergence("energy_distance")(x, y)))
-    assert np.isclose(out["sliced_w"], float(get_divergence("sliced_wasserstein", num_projections=256, seed=0)(x, y)))
+    assert np.isclose(
+        out["sliced_w"], float(get_divergence("sliced_wasserstein", num_projections=256, seed=0)(x, y))
+    )
     assert out["sliced_w"] > 0.1 and out["mmd"] > 0

@@ -10,10 +10,19 @@ VOCAB, BS = 12, 11  # token 11 plays <bs>
 ATOL = 1e-5
 
 
-def tiny_gpt(positions: str = "rotary", *, tie_weights: bool = True, context_length: int = 32, seed: int = 0) -> GPT:
+def tiny_gpt(
+    positions: str = "rotary", *, tie_weights: bool = True, context_length: int = 32, seed: int = 0
+) -> GPT:
     torch.manual_seed(seed)
-    model = GPT(vocab_size=VOCAB, n_layer=2, n_head=2, d_model=32, context_length=context_length,
-                positions=positions, tie_weights=tie_weights)
+    model = GPT(
+        vocab_size=VOCAB,
+        n_layer=2,
+        n_head=2,
+        d_model=32,
+        context_length=context_length,
+        positions=positions,
+        tie_weights=tie_weights,
+    )
     with torch.no_grad():  # larger weights than the 0.02 init, so that wrong masks/positions show up
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -103,13 +112,16 @@ def test_backspace_attention_by_hand():
     assert pos.tolist() == [0, 1, 2, 2, 2, 2, 3, 3, 3, 3, 3]
     attends = [torch.nonzero(row).flatten().tolist() for row in mask]
     assert attends == [
-        [0], [0, 1], [0, 1, 2],
-        [0, 1, 3],           # <bs> after deleting 3: prompt + itself
-        [0, 1, 4],           # no-op <bs>: prompt + itself
-        [0, 1, 5], [0, 1, 5, 6],
-        [0, 1, 5, 7],        # 6 deleted
+        [0],
+        [0, 1],
+        [0, 1, 2],
+        [0, 1, 3],  # <bs> after deleting 3: prompt + itself
+        [0, 1, 4],  # no-op <bs>: prompt + itself
+        [0, 1, 5],
+        [0, 1, 5, 6],
+        [0, 1, 5, 7],  # 6 deleted
         [0, 1, 5, 8],
-        [0, 1, 5, 9],        # 7 deleted
+        [0, 1, 5, 9],  # 7 deleted
         [0, 1, 5, 10],
     ]
     assert mask.dtype == torch.bool and pos.dtype == torch.long
@@ -158,8 +170,14 @@ def test_masked_pass_incremental_with_cache(positions):
     cache = model.new_kv_cache()
     steps = [model(rows[:, :3], attention_mask=mask[:, :3, :3], position_ids=pos[:, :3], kv_cache=cache)]
     for i in range(3, rows.shape[1]):
-        steps.append(model(rows[:, i : i + 1], attention_mask=mask[:, i : i + 1, : i + 1],
-                           position_ids=pos[:, i : i + 1], kv_cache=cache))
+        steps.append(
+            model(
+                rows[:, i : i + 1],
+                attention_mask=mask[:, i : i + 1, : i + 1],
+                position_ids=pos[:, i : i + 1],
+                kv_cache=cache,
+            )
+        )
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=ATOL, rtol=0)
 
 
@@ -256,7 +274,7 @@ def test_generate_stops_at_eos_and_pads_finished_rows():
     out = model.generate(prompt, max_new_tokens=30, generator=torch.Generator().manual_seed(0), eos_id=eos)
     assert out.shape[1] < 32  # stopped early
     for row in out[:, 2:].tolist():
-        assert row[-1] == eos and set(row[row.index(eos):]) == {eos}
+        assert row[-1] == eos and set(row[row.index(eos) :]) == {eos}
 
 
 @pytest.mark.parametrize("positions", POSITIONS)

@@ -16,7 +16,9 @@ VOCAB, PAD = 12, 11
 @pytest.fixture(scope="module")
 def judge():
     torch.manual_seed(0)
-    return GPT(vocab_size=VOCAB, n_layer=2, n_head=2, d_model=16, context_length=64).eval().requires_grad_(False)
+    return (
+        GPT(vocab_size=VOCAB, n_layer=2, n_head=2, d_model=16, context_length=64).eval().requires_grad_(False)
+    )
 
 
 def rows(n: int, *, low: int, high: int, length: int, seed: int) -> list[list[int]]:
@@ -36,7 +38,9 @@ def test_scores_equal_one_row_at_a_time(judge):
         nll = -sum(float(logp[t - 1, x[0, t]]) for t in range(len(p), len(p) + len(c)))
         assert batch.nll[i] == pytest.approx(nll, rel=1e-5)
         assert batch.n_tokens[i] == len(c)
-        np.testing.assert_allclose(batch.features[i], hidden[0, len(p):].double().mean(0).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            batch.features[i], hidden[0, len(p) :].double().mean(0).numpy(), rtol=1e-5, atol=1e-6
+        )
     assert batch.ppl() == pytest.approx(math.exp(batch.nll.sum() / batch.n_tokens.sum()))
 
 
@@ -47,7 +51,7 @@ def test_report_with_a_judge_real_against_itself_and_against_a_collapsed_generat
     assert same["mauve"] == pytest.approx(1.0, abs=1e-9)
     assert same["judge_ppl"] == pytest.approx(same["judge_ppl_real"])
     assert same["distinct_2"] == pytest.approx(same["distinct_2_real"])
-    collapsed = [[10] * 12 for _ in prompts]             # one token, never in the real continuations
+    collapsed = [[10] * 12 for _ in prompts]  # one token, never in the real continuations
     far = text_report(prompts, collapsed, real, judge=judge, pad_id=PAD, mauve_clusters=6)
     assert far["mauve"] < 0.1 < same["mauve"]
     assert far["repetition_4"] == pytest.approx(1 - 1 / 9) and far["distinct_2"] < same["distinct_2"]

@@ -8,7 +8,7 @@ from scipy.stats import chisquare
 from divlab.data.mixture import MixtureSampler, check_proportions, group_windows
 from divlab.errors import ConfigError
 
-LEVEL = 0.001   # chi-square goodness of fit: reject "the draws follow p" when the p-value < 0.001
+LEVEL = 0.001  # chi-square goodness of fit: reject "the draws follow p" when the p-value < 0.001
 SIZES = [500, 800, 300]
 
 
@@ -24,15 +24,17 @@ def counts(samplers, steps, k):
 def test_single_process_proportions_match_p():
     p = np.array([0.2, 0.3, 0.5])
     s = MixtureSampler(group_sizes=SIZES, batch_size=16, seed=3, proportions=p)
-    c = counts([s], range(1500), 3)                         # 24,000 draws
+    c = counts([s], range(1500), 3)  # 24,000 draws
     assert chisquare(c, c.sum() * p).pvalue > LEVEL
-    assert chisquare(c, c.sum() * np.full(3, 1 / 3)).pvalue < 1e-6   # and the test can tell p from uniform
+    assert chisquare(c, c.sum() * np.full(3, 1 / 3)).pvalue < 1e-6  # and the test can tell p from uniform
 
 
 def test_two_ranks_share_groups_and_draw_disjoint_examples():
     p = [0.6, 0.1, 0.3]
-    ranks = [MixtureSampler(group_sizes=SIZES, batch_size=8, seed=5, rank=r, world_size=2, proportions=p)
-             for r in (0, 1)]
+    ranks = [
+        MixtureSampler(group_sizes=SIZES, batch_size=8, seed=5, rank=r, world_size=2, proportions=p)
+        for r in (0, 1)
+    ]
     for step in range(200):
         assert np.array_equal(ranks[0].global_groups(step), ranks[1].global_groups(step))
         (g0, r0), (g1, r1) = ranks[0].indices(step), ranks[1].indices(step)
@@ -65,7 +67,7 @@ def test_batches_are_a_function_of_seed_step_and_p():
 
 
 def test_windows_split_in_order_without_overlap():
-    data = bytes(range(256)) * 10                           # 2560 bytes
+    data = bytes(range(256)) * 10  # 2560 bytes
     s = group_windows(data, name="g", context_length=15, val_windows=4, test_windows=3)
     assert s.train.shape[1] == s.val.shape[1] == 16 and len(s.val) == 4 and len(s.test) == 3
     assert len(s.train) == 2560 // 16 - 7

@@ -11,11 +11,27 @@ from divlab.models.zoo import build_model, zoo_names
 
 # parameter counts at 100 classes of the reference CIFAR implementations (RepDistiller / CRD)
 REFERENCE_PARAMS = {
-    "resnet8": 83_892, "resnet14": 181_108, "resnet20": 278_324, "resnet32": 472_756, "resnet44": 667_188,
-    "resnet56": 861_620, "resnet110": 1_736_564, "resnet8x4": 1_233_540, "resnet32x4": 7_433_860,
-    "wrn_16_1": 180_916, "wrn_16_2": 703_284, "wrn_40_1": 569_780, "wrn_40_2": 2_255_156,
-    "vgg8": 3_965_028, "vgg11": 9_277_284, "vgg13": 9_462_180, "vgg16": 14_774_436, "vgg19": 20_086_692,
-    "MobileNetV2": 812_836, "ShuffleV1": 949_258, "ShuffleV2": 1_355_528,
+    "resnet8": 83_892,
+    "resnet14": 181_108,
+    "resnet20": 278_324,
+    "resnet32": 472_756,
+    "resnet44": 667_188,
+    "resnet56": 861_620,
+    "resnet110": 1_736_564,
+    "resnet8x4": 1_233_540,
+    "resnet32x4": 7_433_860,
+    "wrn_16_1": 180_916,
+    "wrn_16_2": 703_284,
+    "wrn_40_1": 569_780,
+    "wrn_40_2": 2_255_156,
+    "vgg8": 3_965_028,
+    "vgg11": 9_277_284,
+    "vgg13": 9_462_180,
+    "vgg16": 14_774_436,
+    "vgg19": 20_086_692,
+    "MobileNetV2": 812_836,
+    "ShuffleV1": 949_258,
+    "ShuffleV2": 1_355_528,
 }
 
 # per-example feature shapes on 32x32 inputs, one model per family (the reference models' feature shapes)
@@ -23,10 +39,21 @@ FEATURE_SHAPES = {
     "resnet8": {"stage1": (16, 32, 32), "stage2": (32, 16, 16), "stage3": (64, 8, 8), "pool": (64,)},
     "resnet32x4": {"stage1": (64, 32, 32), "stage2": (128, 16, 16), "stage3": (256, 8, 8), "pool": (256,)},
     "wrn_16_2": {"stage1": (32, 32, 32), "stage2": (64, 16, 16), "stage3": (128, 8, 8), "pool": (128,)},
-    "vgg8": {"stage1": (64, 32, 32), "stage2": (128, 16, 16), "stage3": (256, 8, 8), "stage4": (512, 4, 4),
-             "stage5": (512, 4, 4), "pool": (512,)},
-    "MobileNetV2": {"stage1": (12, 16, 16), "stage2": (16, 8, 8), "stage3": (48, 4, 4), "stage4": (160, 2, 2),
-                    "pool": (1280,)},
+    "vgg8": {
+        "stage1": (64, 32, 32),
+        "stage2": (128, 16, 16),
+        "stage3": (256, 8, 8),
+        "stage4": (512, 4, 4),
+        "stage5": (512, 4, 4),
+        "pool": (512,),
+    },
+    "MobileNetV2": {
+        "stage1": (12, 16, 16),
+        "stage2": (16, 8, 8),
+        "stage3": (48, 4, 4),
+        "stage4": (160, 2, 2),
+        "pool": (1280,),
+    },
     "ShuffleV1": {"stage1": (240, 16, 16), "stage2": (480, 8, 8), "stage3": (960, 4, 4), "pool": (960,)},
     "ShuffleV2": {"stage1": (116, 16, 16), "stage2": (232, 8, 8), "stage3": (464, 4, 4), "pool": (1024,)},
 }
@@ -78,7 +105,8 @@ def test_feature_shapes(name):
     with FeatureTaps(model, ["stage2", "pool"]) as taps:
         model(torch.randn(2, 3, 32, 32))
     assert {k: tuple(v.shape) for k, v in taps.features.items()} == {
-        k: (2, *FEATURE_SHAPES[name][k]) for k in ("stage2", "pool")}
+        k: (2, *FEATURE_SHAPES[name][k]) for k in ("stage2", "pool")
+    }
 
 
 def test_feature_taps_nested_names_gradients_and_hook_removal():
@@ -100,13 +128,17 @@ def test_feature_taps_nested_names_gradients_and_hook_removal():
 
 def test_feature_taps_unknown_name_lists_available_modules():
     model = build_model("wrn_16_1", num_classes=10)
-    with pytest.raises(ValueError, match=r"unknown feature name\(s\) \['stage9'\].*stage1, stage2, stage3, pool"):
+    with pytest.raises(
+        ValueError, match=r"unknown feature name\(s\) \['stage9'\].*stage1, stage2, stage3, pool"
+    ):
         FeatureTaps(model, ["stage1", "stage9"])
     assert all(not m._forward_hooks for m in model.modules())  # nothing half-registered
 
 
 def test_build_model_unknown_name_lists_choices():
-    with pytest.raises(ValueError, match=r"unknown model 'resnet33'.*resnet8, resnet14.*ShuffleV2.*torchvision:"):
+    with pytest.raises(
+        ValueError, match=r"unknown model 'resnet33'.*resnet8, resnet14.*ShuffleV2.*torchvision:"
+    ):
         build_model("resnet33", num_classes=10)
     with pytest.raises(ValueError, match=r"did you mean .*resnet32x4"):
         build_model("Resnet32X4", num_classes=10)

@@ -6,7 +6,7 @@ import torch
 
 from divlab.divergences import get_divergence
 from divlab.errors import ConfigError
-from divlab.tasks.fdistill_loss import (
+from divlab.objectives.fdistill import (
     OBJECTIVES,
     RatioNormalizer,
     density_ratio,
@@ -38,7 +38,7 @@ def test_weights_come_from_the_library_and_have_mean_one(name):
     expect = div.weight(r1) / (div.weight(r1).mean() + 1e-6)
     assert torch.allclose(h, expect, rtol=1e-5)
     assert abs(float(h.mean()) - 1.0) < 1e-5
-    for b in idx.unique():                                  # stage 1: mean normalised ratio 1 per bin
+    for b in idx.unique():  # stage 1: mean normalised ratio 1 per bin
         assert abs(float(r1[idx == b].mean()) - 1.0) < 1e-4
 
 
@@ -48,7 +48,7 @@ def test_the_normaliser_calls_the_divergence_weight_and_nothing_else():
     class Spy:
         def weight(self, r):
             calls.append(r.clone())
-            return r**3                                       # not any library h: proves it is used as given
+            return r**3  # not any library h: proves it is used as given
 
     r, sigma = torch.tensor([0.5, 2.0, 4.0]), torch.tensor([0.1, 0.1, 0.1])
     h = RatioNormalizer(num_bins=1)(r, sigma, Spy())
@@ -74,7 +74,66 @@ def test_pseudo_target_loss_has_the_given_gradient():
     x = torch.randn(8, 2, requires_grad=True)
     grad = torch.randn(8, 2)
     (g,) = torch.autograd.grad(pseudo_target_loss(x, grad), x)
-    assert torch.allclose(g, grad / 8)                        # mean over the batch
+    assert torch.allclose(g, grad / 16)  # default "mean": over batch and dims (8 x 2)
+    (g,) = torch.autograd.grad(pseudo_target_loss(x, grad, reduction="sum"), x)
+    assert torch.allclose(g, grad / 8)  # "sum" over dims, mean over the batch
+
+
+def test_fdistill_loss_equals_fastgens_reduction_by_hand():
+    # FastGen's variational_score_distillation_loss, written out in float64 on a (2, 3) batch:
+    # w = h / (mean_dims |x - D_p| + 1e-6); target = x - w (D_q - D_p); loss = 0.5 * mean_{b,d} (x - target)^2
+    x = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.0, -0.5]], dtype=torch.float64, requires_grad=True)
+    fp = torch.tensor([[1.0, -0.5, 1.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
+    fq = torch.tensor([[0.0, 0.5, 2.0], [2.0, -1.0, -1.0]], dtype=torch.float64)
+    h = torch.tensor([0.5, 1.5], dtype=torch.float64)
+    # mean_dims |x - fp| = (0.5 + 0.5 + 1.0)/3 = 2/3 and (0.5 + 1.0 + 0.5)/3 = 2/3 -> w = 1.5 h (less 1e-6)
+    w = h / (2 / 3 + 1e-6)
+    vsd = torch.stack([w[0] * (fq[0] - fp[0]), w[1] * (fq[1] - fp[1])])
+    expect = 0.5 * (vsd**2).sum() / 6  # 0.5 * mse, mean over the 6 elements
+    loss = generator_loss("fdistill", x_g=x, teacher_x0=fp, fake_x0=fq, h=h)
+    assert torch.allclose(loss, expect, rtol=1e-12)
+    # by hand: vsd rows (0.75 * (-1, 1, 1), 2.25 * (1, -2, -1)); squares sum 3 * 0.5625 + 6 * 5.0625 = 32.0625
+    assert abs(float(loss.detach()) - 0.5 * 32.0625 / 6 * (2 / 3 / (2 / 3 + 1e-6)) ** 2) < 1e-9
+    (g,) = torch.autograd.grad(loss, x)
+    assert torch.allclose(g, vsd / 6)  # d/dx = vsd / (B D)
+    summed = generator_loss("fdistill", x_g=x, teacher_x0=fp, fake_x0=fq, h=h, reduction="sum")
+    assert torch.allclose(summed, 3 * loss)  # the option: D = 3 times the reference
+    with pytest.raises(ConfigError, match="one_step.reduction"):
+        generator_loss("fdistill", x_g=x, teacher_x0=fp, fake_x0=fq, h=h, reduction="max")
+
+
+def test_uni_instruct_paper_form_has_scalar_weights_and_h_weighted_is_the_variant():
+    g = torch.Generator().manual_seed(3)
+    x, fp, fq = (torch.randn(4, 2, generator=g, dtype=torch.float64) for _ in range(3))
+    h = torch.tensor([0.2, 0.8, 1.0, 2.0], dtype=torch.float64)
+    w = 1 / ((x - fp).abs().mean(1) + 1e-6)  # DMD's per-sample normaliser
+    d = fp - fq
+    di = 0.5 * ((w[:, None] * (fq - fp)) ** 2).mean()  # DI pseudo-target loss (value), mean reduction
+    sim = (w * ((1 - 1.2) * d**2 + d * (fq - x)).mean(1)).mean()
+    paper = generator_loss(
+        "uni_instruct", x_g=x, teacher_x0=fp, fake_x0=fq, h=h, di_weight=0.3, sim_weight=2.0
+    )
+    assert torch.allclose(paper, 0.3 * di + 2.0 * sim)
+    # the paper form ignores h: any other h gives the same loss
+    other = generator_loss(
+        "uni_instruct", x_g=x, teacher_x0=fp, fake_x0=fq, h=h.flip(0), di_weight=0.3, sim_weight=2.0
+    )
+    assert torch.allclose(paper, other)
+    di_h = 0.5 * (((h * w)[:, None] * (fq - fp)) ** 2).mean()
+    sim_h = (h * w * ((1 - 1.2) * d**2 + d * (fq - x)).mean(1)).mean()
+    variant = generator_loss(
+        "uni_instruct",
+        x_g=x,
+        teacher_x0=fp,
+        fake_x0=fq,
+        h=h,
+        di_weight=0.3,
+        sim_weight=2.0,
+        uni_instruct_form="h_weighted",
+    )
+    assert torch.allclose(variant, 0.3 * di_h + 2.0 * sim_h)
+    with pytest.raises(ConfigError, match="uni_instruct_form"):
+        generator_loss("uni_instruct", x_g=x, teacher_x0=fp, fake_x0=fq, h=h, uni_instruct_form="dmd")
 
 
 def test_sid_loss_identity():
@@ -84,7 +143,8 @@ def test_sid_loss_identity():
     # (1 - a)|d|^2 + d.(fq - x) == d.(fp - x) - a|d|^2, per sample, times DMD's 1/mean|x - fp|
     w = 1 / ((x - fp).abs().mean(1) + 1e-6)
     expect = (w * ((d * (fp - x)).sum(1) - alpha * (d**2).sum(1))).mean()
-    assert torch.allclose(sid_loss(x, fp, fq, alpha=alpha), expect)
+    assert torch.allclose(sid_loss(x, fp, fq, alpha=alpha, reduction="sum"), expect)
+    assert torch.allclose(sid_loss(x, fp, fq, alpha=alpha), expect / 2)  # default: mean over the 2 dims
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)

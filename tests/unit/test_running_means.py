@@ -13,7 +13,7 @@ def test_weighted_mean_and_reset():
     out = means.compute()
     assert torch.isclose(out["loss"], torch.tensor((1.0 * 2 + 4.0 + 0.5 * 4) / 7))
     assert out["ce"].item() == 3.0
-    assert means.compute() == {}   # reset after compute
+    assert means.compute() == {}  # reset after compute
 
 
 def test_two_ranks_are_summed_before_dividing():
@@ -21,7 +21,7 @@ def test_two_ranks_are_summed_before_dividing():
     ranks = [RunningMeans(), RunningMeans()]
     ranks[0].update("kd", torch.tensor(1.0), 3)
     ranks[1].update("kd", torch.tensor(5.0), 1)
-    stacked = [torch.stack([r.sums[k] for k in sorted(r.sums)]) for r in ranks]
+    stacked = [torch.stack([r.totals()[k] for k in sorted(r.totals())]) for r in ranks]
     everyone = stacked[0] + stacked[1]
     out = ranks[0].compute(reduce_sum=lambda t: everyone)
     assert out["kd"].item() == 2.0
@@ -32,3 +32,15 @@ def test_update_does_not_keep_the_graph():
     means = RunningMeans()
     means.update("loss", x * 3, 2)
     assert not means.compute()["loss"].requires_grad
+
+
+def test_folding_keeps_the_mean_and_tensor_counts():
+    """More updates than one fold holds, with counts given as tensors: the same mean as a plain sum."""
+    from divlab.tasks.running_means import FOLD
+
+    means, values, counts = RunningMeans(), torch.rand(FOLD * 2 + 7), torch.randint(1, 9, (FOLD * 2 + 7,))
+    for v, n in zip(values, counts):
+        means.update("loss", v, n)
+    assert len(means.pending["loss"]) == 7  # two folds done, seven values kept
+    expected = (values * counts).sum() / counts.sum()
+    assert torch.isclose(means.compute()["loss"], expected, rtol=1e-5)

@@ -1,4 +1,4 @@
-"""SuperDiff (divlab.tasks.superdiff): the Ito density estimator against exact log-densities, the AND and
+"""SuperDiff (divlab.objectives.superdiff): the Ito density estimator against exact log-densities, the AND and
 OR weights, on Gaussian mixtures whose density is written here and whose score comes from autograd
 (independent of divlab.models.gmm_teacher's closed form)."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from divlab.errors import ConfigError
-from divlab.tasks.superdiff import and_kappa, ito_increment, or_kappa, superdiff_sample
+from divlab.objectives.superdiff import and_kappa, ito_increment, or_kappa, superdiff_sample
 
 SIGMA_MAX, SIGMA_MIN = 80.0, 0.002
 
@@ -19,15 +19,19 @@ class Mixture:
     def __init__(self, means, std, weights=None):
         self.means = torch.tensor(means, dtype=torch.float64)
         self.std = std
-        w = torch.ones(len(means), dtype=torch.float64) if weights is None else torch.tensor(weights, dtype=torch.float64)
+        w = (
+            torch.ones(len(means), dtype=torch.float64)
+            if weights is None
+            else torch.tensor(weights, dtype=torch.float64)
+        )
         self.log_w = (w / w.sum()).log()
 
     def log_density(self, x, sigma):
-        var = self.std**2 + torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1) ** 2   # (B or 1, 1)
-        sq = ((x.double()[:, None, :] - self.means[None]) ** 2).sum(-1)                     # (B, K)
+        var = self.std**2 + torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1) ** 2  # (B or 1, 1)
+        sq = ((x.double()[:, None, :] - self.means[None]) ** 2).sum(-1)  # (B, K)
         return torch.logsumexp(self.log_w - sq / (2 * var) - torch.log(2 * math.pi * var), dim=1)
 
-    def __call__(self, x, sigma):                 # D(x; sigma) = x + sigma^2 grad log p(x; sigma)
+    def __call__(self, x, sigma):  # D(x; sigma) = x + sigma^2 grad log p(x; sigma)
         with torch.enable_grad():
             xg = x.detach().double().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.log_density(xg, sigma).sum(), xg)
@@ -47,8 +51,17 @@ def run(models, *, rule, steps, seed, n=256, exact_start=False, **kw):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, 2, generator=g, dtype=torch.float64)
     init = torch.stack([m.log_density(SIGMA_MAX * z, SIGMA_MAX) for m in models]) if exact_start else None
-    r = superdiff_sample(models, z, rule=rule, num_steps=steps, sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN,
-                         generator=g, log_q_init=init, **kw)
+    r = superdiff_sample(
+        models,
+        z,
+        rule=rule,
+        num_steps=steps,
+        sigma_max=SIGMA_MAX,
+        sigma_min=SIGMA_MIN,
+        generator=g,
+        log_q_init=init,
+        **kw,
+    )
     exact = torch.stack([m.log_density(r.x, SIGMA_MIN) for m in models])
     return r, exact
 
@@ -74,8 +87,8 @@ def test_ito_estimator_tracks_the_exact_log_density():
             err = r.log_q - exact
             assert err[0].mean().abs() < 0.5
             assert err[0].abs().mean() < 0.9
-            assert err[1].abs().mean() < 0.06 * exact[1].abs().mean()      # relative, far from model 2
-            assert exact[1].mean() < exact[0].mean() - 30                  # (model 2 is far: a real test)
+            assert err[1].abs().mean() < 0.06 * exact[1].abs().mean()  # relative, far from model 2
+            assert exact[1].mean() < exact[0].mean() - 30  # (model 2 is far: a real test)
     assert (errors[400] < 0.6 * errors[100]).all(), errors
 
 
@@ -90,7 +103,7 @@ def test_and_kappa_equalises_the_ito_increments():
     inc = ito_increment(dx, s, h)
     torch.testing.assert_close(inc[0], inc[1], rtol=0, atol=1e-10)
     torch.testing.assert_close(kappa.sum(0), torch.ones(50, dtype=torch.float64))
-    same = and_kappa(torch.stack([s[0], s[0]]), z, h)                    # models agree: kappa = 1/2
+    same = and_kappa(torch.stack([s[0], s[0]]), z, h)  # models agree: kappa = 1/2
     torch.testing.assert_close(same, torch.full_like(same, 0.5))
     with pytest.raises(ConfigError, match="two models"):
         and_kappa(torch.randn(3, 4, 2), z[:4], h)
@@ -109,7 +122,7 @@ def test_and_keeps_log_densities_equal_where_the_average_does_not():
     assert gap_and < 0.5
     assert gap_avg > 2.0 and gap_avg > 10 * gap_and
     assert (r_and.log_q[0] - r_and.log_q[1]).abs().max() < 1e-8
-    assert r_and.kappa_outside > 0            # AND's kappa is not a convex weight (see (S6))
+    assert r_and.kappa_outside > 0  # AND's kappa is not a convex weight (see (S6))
 
 
 def test_or_kappa_is_the_tempered_posterior():
@@ -129,7 +142,7 @@ def test_or_with_large_temperature_picks_the_higher_density_model():
     a, b = Mixture([(0.0, 0.0)], 0.5), Mixture([(0.6, 0.0)], 0.5)
     r1, ex1 = run([a, b], rule="or", temperature=1.0, steps=200, seed=2, exact_start=True)
     assert (r1.kappa_last - torch.softmax(ex1, 0)).abs().mean() < 0.05
-    assert (r1.kappa_last.max(0).values < 0.99).double().mean() > 0.5      # soft at T = 1
+    assert (r1.kappa_last.max(0).values < 0.99).double().mean() > 0.5  # soft at T = 1
     r100, ex100 = run([a, b], rule="or", temperature=100.0, steps=200, seed=2, exact_start=True)
     assert (r100.kappa_last.max(0).values > 0.99).double().mean() > 0.95
     assert (r100.kappa_last.argmax(0) == ex100.argmax(0)).double().mean() > 0.95

@@ -14,8 +14,11 @@ TEXT = "To be, or not to be: that is the question.\n"
 
 def tokenizers():
     """(tokenizer, a text it can encode)."""
-    return [(ByteTokenizer(), TEXT + "é ✓"), (CharTokenizer(alphabet=ARITH), "12+34=46"),
-            (CharTokenizer.from_text(TEXT), TEXT)]
+    return [
+        (ByteTokenizer(), TEXT + "é ✓"),
+        (CharTokenizer(alphabet=ARITH), "12+34=46"),
+        (CharTokenizer.from_text(TEXT), TEXT),
+    ]
 
 
 IDS = ["byte", "char-alphabet", "char-text"]

@@ -39,7 +39,9 @@ def test_mixture_parameters_match_the_samples():
 
 def test_subset_restricts_the_mixture_and_module_splits_differ():
     dm = Toy2DDataModule(dataset="ring8", subset=[0, 2, 4, 6], n_train=64, n_val=32, n_test=32)
-    assert dm.mixture.num_components == 4 and torch.allclose(dm.mixture.weights.sum(), torch.tensor(1.0).double())
+    assert dm.mixture.num_components == 4 and torch.allclose(
+        dm.mixture.weights.sum(), torch.tensor(1.0).double()
+    )
     dm.setup()
     x, y = next(iter(dm.train_dataloader()))
     assert set(y.tolist()) <= {0, 2, 4, 6}

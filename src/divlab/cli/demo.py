@@ -50,8 +50,8 @@ def demo_table(rows: list[dict]) -> Table:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    from divlab.provision.teacher import cached_teacher_path, teacher_record
     from divlab.runner import run
-    from divlab.teacher import cached_teacher_path, teacher_record
 
     seeds, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     rows, run_dirs = [], {}
@@ -71,8 +71,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         kd_cfg = compose("train", overrides=["experiment=kd/digits", *overrides])
         teacher = teacher_record(kd_cfg)
     teacher_acc = [teacher["metrics"]["test/acc"]] if teacher else []
-    rows.insert(0, {"name": f"teacher ({kd_cfg.teacher.model._target_.rsplit('.', 1)[-1]})",
-                    "accs": teacher_acc, "where": str(cached_teacher_path(kd_cfg))})
+    rows.insert(
+        0,
+        {
+            "name": f"teacher ({kd_cfg.teacher.model._target_.rsplit('.', 1)[-1]})",
+            "accs": teacher_acc,
+            "where": str(cached_teacher_path(kd_cfg)),
+        },
+    )
     Console(width=200).print(demo_table(rows))
     ce, kd = (statistics.mean(r["accs"]) for r in rows[1:])
     print(f"KD - CE-only: {100 * (kd - ce):+.2f} points (mean over seeds {','.join(map(str, seeds))})")

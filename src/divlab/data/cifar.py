@@ -7,8 +7,11 @@ epoch); `val_size=N` holds out N training images, stratified by a data seed, see
 augmentation. Nothing is downloaded unless `download=true`; the download runs in `prepare_data`
 (rank 0 only under DDP).
 
-`check_integrity=false` skips torchvision's md5 check of each file (torchvision still requires the
-files to exist): for files written in the CIFAR format by tests or converted by hand.
+`check_integrity=false` skips torchvision's md5 check of each file (the files must still exist): for
+files written in the CIFAR format by tests or converted by hand, from a source you trust. CIFAR batches
+are pickles; they are read with a restricted unpickler (`safe_unpickle`) that admits only what the format
+holds (dicts, lists, strings, bytes, numbers and numpy arrays), so a crafted file runs no code even then:
+it fails in one sentence naming the file. Any new loader of a pickle-based format follows the same rule.
 """
 
 import pickle
@@ -18,7 +21,8 @@ import lightning.pytorch as pl
 import numpy as np
 from torch.utils.data import Dataset
 from torchvision import transforms as T
-from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets import CIFAR10, CIFAR100, VisionDataset
+from torchvision.datasets.utils import check_integrity
 
 from divlab.data.fashion_mnist import check_val_size, holdout_split
 from divlab.data.loaders import test_split_loader, train_split_loader, val_split_loader
@@ -39,16 +43,82 @@ class TransformedSubset(Dataset):
         return self.transform(image), label
 
 
-def unchecked(cls: type[CIFAR10]) -> type[CIFAR10]:
-    """`cls` with the md5 sums removed from its file lists: files must exist, their contents are not hashed."""
-    return type(f"Unchecked{cls.__name__}", (cls,), {
-        "train_list": [[name, None] for name, _ in cls.train_list],
-        "test_list": [[name, None] for name, _ in cls.test_list],
-        "meta": {**cls.meta, "md5": None}})
+# The only globals a CIFAR batch refers to: numpy's array reconstruction (numpy 1 and 2 module names), and
+# _codecs.encode, with which pickle protocol 2 writes bytes (a string -> bytes conversion, nothing else).
+PICKLE_GLOBALS = {
+    ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+}
+
+
+class _CIFARUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"the file refers to {module}.{name}, which a CIFAR batch never holds"
+            )
+        return super().find_class(module, name)
+
+
+def safe_unpickle(path: Path):
+    """A CIFAR batch (a pickled dict of lists, bytes and numpy arrays), read without running any code."""
+    with open(path, "rb") as f:
+        try:
+            return _CIFARUnpickler(f, encoding="latin1").load()
+        except pickle.UnpicklingError as err:
+            raise pickle.UnpicklingError(f"{path}: {err}") from None
+
+
+class SafeLoading:
+    """Mixin over torchvision's CIFAR10/CIFAR100: the same files and attributes, read by safe_unpickle."""
+
+    def __init__(self, root: str, train: bool = True, download: bool = False) -> None:
+        VisionDataset.__init__(self, root)
+        self.train = train
+        if download:
+            self.download()
+        if not self._check_integrity():
+            raise RuntimeError("Dataset not found or corrupted.")
+        data, self.targets = [], []
+        for name, _ in self.train_list if train else self.test_list:
+            entry = safe_unpickle(Path(self.root) / self.base_folder / name)
+            data.append(entry["data"])
+            self.targets.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+        self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC
+        self._load_meta()
+
+    def _load_meta(self) -> None:
+        path = Path(self.root) / self.base_folder / self.meta["filename"]
+        if not check_integrity(str(path), self.meta["md5"]):
+            raise RuntimeError("Dataset metadata file not found or corrupted.")
+        self.classes = safe_unpickle(path)[self.meta["key"]]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+
+def safe(cls: type[CIFAR10], *, md5: bool) -> type[CIFAR10]:
+    """`cls` read by safe_unpickle; md5=False also drops the md5 sums: files must exist, their contents
+    are not hashed."""
+    lists = (
+        {}
+        if md5
+        else {
+            "train_list": [[name, None] for name, _ in cls.train_list],
+            "test_list": [[name, None] for name, _ in cls.test_list],
+            "meta": {**cls.meta, "md5": None},
+        }
+    )
+    return type(f"{'Safe' if md5 else 'Unchecked'}{cls.__name__}", (SafeLoading, cls), lists)
 
 
 # Module-level names equal to the class names, so that spawned loader workers can unpickle them.
-UncheckedCIFAR10, UncheckedCIFAR100 = unchecked(CIFAR10), unchecked(CIFAR100)
+SafeCIFAR10, SafeCIFAR100 = safe(CIFAR10, md5=True), safe(CIFAR100, md5=True)
+UncheckedCIFAR10, UncheckedCIFAR100 = safe(CIFAR10, md5=False), safe(CIFAR100, md5=False)
+CHECKED = {CIFAR10: SafeCIFAR10, CIFAR100: SafeCIFAR100}
 UNCHECKED = {CIFAR10: UncheckedCIFAR10, CIFAR100: UncheckedCIFAR100}
 
 
@@ -60,16 +130,19 @@ class CIFARDataModule(pl.LightningDataModule):
     mean: tuple[float, ...] = (0.4914, 0.4822, 0.4465)
     std: tuple[float, ...] = (0.2470, 0.2435, 0.2616)
 
-    def __init__(self, *,
-                 root: str = "data",            # folder holding cifar-10-batches-py/ or cifar-100-python/
-                 download: bool = False,        # true: download into root when the files are not there
-                 check_integrity: bool = True,  # false: skip torchvision's md5 check (hand-made files)
-                 augment: bool = True,          # train: RandomCrop(32, padding=4) + horizontal flip
-                 val_size: int = 0,             # train images held out for validation; 0: validate on test
-                 data_seed: int = 0,            # fixes the hold-out (not the batch order)
-                 batch_size: int = 64,          # per process
-                 seed: int = 0,                 # fixes the batch order (per epoch)
-                 num_workers: int = 0):
+    def __init__(
+        self,
+        *,
+        root: str = "data",  # folder holding cifar-10-batches-py/ or cifar-100-python/
+        download: bool = False,  # true: download into root when the files are not there
+        check_integrity: bool = True,  # false: skip torchvision's md5 check (hand-made files)
+        augment: bool = True,  # train: RandomCrop(32, padding=4) + horizontal flip
+        val_size: int = 0,  # train images held out for validation; 0: validate on test
+        data_seed: int = 0,  # fixes the hold-out (not the batch order)
+        batch_size: int = 64,  # per process
+        seed: int = 0,  # fixes the batch order (per epoch)
+        num_workers: int = 0,
+    ):
         super().__init__()
         self.root, self.download, self.check_integrity = Path(root), download, check_integrity
         self.augmented, self.val_size, self.data_seed = augment, check_val_size(val_size), data_seed
@@ -81,32 +154,52 @@ class CIFARDataModule(pl.LightningDataModule):
         normalise = [T.ToTensor(), T.Normalize(self.mean, self.std)]
         self.eval_transform = T.Compose(normalise)
         self.train_transform = T.Compose(
-            [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *normalise] if augment else normalise)
+            [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *normalise] if augment else normalise
+        )
         self._splits = None
 
     def _missing(self, problem: str) -> str:
-        return (f"{self.title} not found under {self.folder} ({problem}): set data.datamodule.root to the "
-                f"folder that holds {self.dataset_class.base_folder}/, or data.datamodule.download=true to "
-                f"download it (about {self.approx_mb} MB).")
+        return (
+            f"{self.title} not found under {self.folder} ({problem}): set data.datamodule.root to the "
+            f"folder that holds {self.dataset_class.base_folder}/, or data.datamodule.download=true to "
+            f"download it (about {self.approx_mb} MB)."
+        )
 
     def _dataset(self, *, train: bool, download: bool = False):
-        cls = self.dataset_class if self.check_integrity else UNCHECKED[self.dataset_class]
+        cls = (CHECKED if self.check_integrity else UNCHECKED)[self.dataset_class]
         try:
             return cls(str(self.root), train=train, download=download)
-        except (RuntimeError, OSError) as err:    # torchvision's "not found or corrupted", or no network
+        except (RuntimeError, OSError) as err:  # torchvision's "not found or corrupted", or no network
             if download:
-                raise ConfigError(f"Downloading {self.title} into {self.root} failed ({err}); download "
-                                  f"{self.dataset_class.url} by hand and unpack it there.") from None
+                raise ConfigError(
+                    f"Downloading {self.title} into {self.root} failed ({err}); download "
+                    f"{self.dataset_class.url} by hand and unpack it there."
+                ) from None
             if isinstance(err, RuntimeError):
-                problem = "a file is missing or fails its md5 check" if self.check_integrity else "a file is missing"
+                problem = (
+                    "a file is missing or fails its md5 check"
+                    if self.check_integrity
+                    else "a file is missing"
+                )
                 raise ConfigError(self._missing(problem)) from None
-            raise ConfigError(f"{self.title} files under {self.folder} cannot be read ({err}); point "
-                              f"data.datamodule.root at a good copy.") from None
-        except (EOFError, pickle.UnpicklingError, ValueError, KeyError, TypeError, AttributeError,
-                IndexError) as err:                # a damaged or hand-made file torchvision cannot parse
-            raise ConfigError(f"{self.title} files under {self.folder} cannot be read ({type(err).__name__}: "
-                              f"{err}); delete them and set data.datamodule.download=true, or point "
-                              f"data.datamodule.root at a good copy.") from None
+            raise ConfigError(
+                f"{self.title} files under {self.folder} cannot be read ({err}); point "
+                f"data.datamodule.root at a good copy."
+            ) from None
+        except (
+            EOFError,
+            pickle.UnpicklingError,
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            IndexError,
+        ) as err:  # a damaged, hand-made or crafted file
+            raise ConfigError(
+                f"{self.title} files under {self.folder} cannot be read ({type(err).__name__}: "
+                f"{err}); delete them and set data.datamodule.download=true, or point "
+                f"data.datamodule.root at a good copy."
+            ) from None
 
     def prepare_data(self) -> None:
         if self.download:
@@ -116,18 +209,22 @@ class CIFARDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._splits is not None:
             return
-        if self.download and self.trainer is None:   # used outside a Trainer, which calls prepare_data itself
+        if self.download and self.trainer is None:  # used outside a Trainer, which calls prepare_data itself
             self.prepare_data()
         train, test = self._dataset(train=True), self._dataset(train=False)
         if (found := len(train.classes)) != self.num_classes:
-            raise ConfigError(f"{self.folder} has {found} classes where {self.title} has {self.num_classes}; "
-                              f"point data.datamodule.root at a {self.title} copy.")
+            raise ConfigError(
+                f"{self.folder} has {found} classes where {self.title} has {self.num_classes}; "
+                f"point data.datamodule.root at a {self.title} copy."
+            )
         tr, va = holdout_split(np.asarray(train.targets), val_size=self.val_size, data_seed=self.data_seed)
         test_view = TransformedSubset(test, np.arange(len(test)), self.eval_transform)
         self.classes = list(train.classes)
-        self._splits = {"train": TransformedSubset(train, tr, self.train_transform),
-                        "val": TransformedSubset(train, va, self.eval_transform) if len(va) else test_view,
-                        "test": test_view}
+        self._splits = {
+            "train": TransformedSubset(train, tr, self.train_transform),
+            "val": TransformedSubset(train, va, self.eval_transform) if len(va) else test_view,
+            "test": test_view,
+        }
 
     train_dataloader = train_split_loader
     val_dataloader = val_split_loader

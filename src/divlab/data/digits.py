@@ -16,8 +16,7 @@ def stratified_split(labels: np.ndarray, *, val_fraction: float, test_fraction: 
     idx = np.arange(len(labels))
     rest, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=data_seed)
     val_of_rest = val_fraction / (1.0 - test_fraction)
-    train, val = train_test_split(rest, test_size=val_of_rest, stratify=labels[rest],
-                                  random_state=data_seed)
+    train, val = train_test_split(rest, test_size=val_of_rest, stratify=labels[rest], random_state=data_seed)
     return np.sort(train), np.sort(val), np.sort(test)
 
 
@@ -32,15 +31,18 @@ def check_fractions(*, val_fraction: float, test_fraction: float) -> None:
 class DigitsDataModule(pl.LightningDataModule):
     """scikit-learn's 8x8 digits with a stratified train/val/test split fixed by data_seed."""
 
-    augmented = False   # fixed images: a teacher's logits on them could be cached
+    augmented = False  # fixed images: a teacher's logits on them could be cached
 
-    def __init__(self, *,
-                 batch_size: int = 64,       # per process
-                 val_fraction: float = 0.15, # of all images, stratified
-                 test_fraction: float = 0.25,# of all images, stratified
-                 data_seed: int = 0,         # fixes the split
-                 seed: int = 0,              # fixes the batch order (per epoch)
-                 num_workers: int = 0):
+    def __init__(
+        self,
+        *,
+        batch_size: int = 64,  # per process
+        val_fraction: float = 0.15,  # of all images, stratified
+        test_fraction: float = 0.25,  # of all images, stratified
+        data_seed: int = 0,  # fixes the split
+        seed: int = 0,  # fixes the batch order (per epoch)
+        num_workers: int = 0,
+    ):
         super().__init__()
         check_fractions(val_fraction=val_fraction, test_fraction=test_fraction)
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
@@ -54,14 +56,19 @@ class DigitsDataModule(pl.LightningDataModule):
         digits = load_digits()
         x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
         y = torch.tensor(digits.target, dtype=torch.long)
-        tr, va, te = stratified_split(digits.target, val_fraction=self.val_fraction,
-                                      test_fraction=self.test_fraction, data_seed=self.data_seed)
-        mean, std = x[tr].mean(), x[tr].std()          # normalise with train statistics only
+        tr, va, te = stratified_split(
+            digits.target,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            data_seed=self.data_seed,
+        )
+        mean, std = x[tr].mean(), x[tr].std()  # normalise with train statistics only
         x = (x - mean) / std
-        self._splits = {name: TensorDataset(x[i], y[i]) for name, i in
-                        (("train", tr), ("val", va), ("test", te))}
+        self._splits = {
+            name: TensorDataset(x[i], y[i]) for name, i in (("train", tr), ("val", va), ("test", te))
+        }
 
-    mixture = None      # not a Gaussian mixture (the one-step tasks' mode metrics do not apply)
+    mixture = None  # not a Gaussian mixture (the one-step tasks' mode metrics do not apply)
 
     def points(self, split: str) -> torch.Tensor:
         """All (normalised) images of a split, (n, 1, 8, 8): the reference set of sample metrics."""

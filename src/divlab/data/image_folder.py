@@ -34,17 +34,20 @@ class FixedClassesImageFolder(ImageFolder):
 class ImageFolderDataModule(pl.LightningDataModule):
     """Class-per-folder images; train augmentation is RandomResizedCrop + horizontal flip."""
 
-    def __init__(self, *,
-                 root: str | None = None,          # folder with train/<class>/, val/<class>/ and maybe test/
-                 num_classes: int | None = None,   # if set, must equal the number of class folders in train/
-                 image_size: int = 224,            # side of the square the model sees
-                 resize_size: int | None = None,   # eval: short side to this, then centre crop; None: size/0.875
-                 augment: bool = True,             # train: RandomResizedCrop + flip; false: the eval transform
-                 mean: tuple[float, ...] = IMAGENET_MEAN,  # per-channel normalisation
-                 std: tuple[float, ...] = IMAGENET_STD,
-                 batch_size: int = 64,             # per process
-                 seed: int = 0,                    # fixes the batch order (per epoch)
-                 num_workers: int = 0):
+    def __init__(
+        self,
+        *,
+        root: str | None = None,  # folder with train/<class>/, val/<class>/ and maybe test/
+        num_classes: int | None = None,  # if set, must equal the number of class folders in train/
+        image_size: int = 224,  # side of the square the model sees
+        resize_size: int | None = None,  # eval: short side to this, then centre crop; None: size/0.875
+        augment: bool = True,  # train: RandomResizedCrop + flip; false: the eval transform
+        mean: tuple[float, ...] = IMAGENET_MEAN,  # per-channel normalisation
+        std: tuple[float, ...] = IMAGENET_STD,
+        batch_size: int = 64,  # per process
+        seed: int = 0,  # fixes the batch order (per epoch)
+        num_workers: int = 0,
+    ):
         super().__init__()
         how = "set data.datamodule.root to a folder holding train/<class>/<images> and val/<class>/<images>"
         if root is None or not Path(root, "train").is_dir() or not Path(root, "val").is_dir():
@@ -54,25 +57,41 @@ class ImageFolderDataModule(pl.LightningDataModule):
             self.classes, _ = find_classes(self.root / "train")
         except FileNotFoundError:
             raise ConfigError(f"{self.root / 'train'} has no class folders: {how}.") from None
-        self.splits = {"train": self.root / "train", "val": self.root / "val",
-                       "test": self.root / ("test" if (self.root / "test").is_dir() else "val")}
+        self.splits = {
+            "train": self.root / "train",
+            "val": self.root / "val",
+            "test": self.root / ("test" if (self.root / "test").is_dir() else "val"),
+        }
         for split in ("val", "test"):
-            extra = sorted(set(p.name for p in self.splits[split].iterdir() if p.is_dir()) - set(self.classes))
+            extra = sorted(
+                set(p.name for p in self.splits[split].iterdir() if p.is_dir()) - set(self.classes)
+            )
             if extra:
-                raise ConfigError(f"{self.splits[split]} has class folders {extra} that "
-                                  f"{self.root / 'train'} lacks; every class must have training images.")
+                raise ConfigError(
+                    f"{self.splits[split]} has class folders {extra} that "
+                    f"{self.root / 'train'} lacks; every class must have training images."
+                )
         if num_classes is not None and num_classes != len(self.classes):
-            raise ConfigError(f"data.num_classes is {num_classes} but {self.root / 'train'} has "
-                              f"{len(self.classes)} class folders; set data.num_classes={len(self.classes)}.")
+            raise ConfigError(
+                f"data.num_classes is {num_classes} but {self.root / 'train'} has "
+                f"{len(self.classes)} class folders; set data.num_classes={len(self.classes)}."
+            )
         if image_size < 1:
             raise ConfigError(f"data.datamodule.image_size must be >= 1, got {image_size}")
-        self.num_classes, self.input_shape, self.augmented = len(self.classes), (3, image_size, image_size), augment
+        self.num_classes, self.input_shape, self.augmented = (
+            len(self.classes),
+            (3, image_size, image_size),
+            augment,
+        )
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         resize_size = resize_size if resize_size is not None else round(image_size / 0.875)
         normalise = [T.ToTensor(), T.Normalize(tuple(map(float, mean)), tuple(map(float, std)))]
         self.eval_transform = T.Compose([T.Resize(resize_size), T.CenterCrop(image_size), *normalise])
-        self.train_transform = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *normalise]) \
-            if augment else self.eval_transform
+        self.train_transform = (
+            T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *normalise])
+            if augment
+            else self.eval_transform
+        )
         self._splits = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -82,13 +101,19 @@ class ImageFolderDataModule(pl.LightningDataModule):
         for split, folder in self.splits.items():
             transform = self.train_transform if split == "train" else self.eval_transform
             dataset = FixedClassesImageFolder(str(folder), classes=self.classes, transform=transform)
-            if split == "train" and (empty := sorted(set(self.classes) - {self.classes[t] for t in dataset.targets})):
-                raise ConfigError(f"{folder} has class folders without images {empty}; every class needs "
-                                  f"training images (.png, .jpg, ...).")
+            if split == "train" and (
+                empty := sorted(set(self.classes) - {self.classes[t] for t in dataset.targets})
+            ):
+                raise ConfigError(
+                    f"{folder} has class folders without images {empty}; every class needs "
+                    f"training images (.png, .jpg, ...)."
+                )
             if len(dataset) == 0:
-                raise ConfigError(f"{folder} holds no images with a known extension (.png, .jpg, ...); "
-                                  f"set data.datamodule.root to a folder with images in train/<class>/ and "
-                                  f"val/<class>/.")
+                raise ConfigError(
+                    f"{folder} holds no images with a known extension (.png, .jpg, ...); "
+                    f"set data.datamodule.root to a folder with images in train/<class>/ and "
+                    f"val/<class>/."
+                )
             self._splits[split] = dataset
 
     train_dataloader = train_split_loader

@@ -1,7 +1,8 @@
 """A text corpus cut into fixed-length byte windows, as a LightningDataModule for language modelling.
 
 The text comes from `divlab.data.corpora.read_corpus(corpus)` (e.g. "shakespeare", offline) or
-from a text file (`path=...`, UTF-8). It is encoded with the `ByteTokenizer` and split into
+from a text file (`path=...`, UTF-8). It is encoded with the `ByteTokenizer` (or the `tokenizer` given, e.g.
+a Hugging Face student's `divlab.data.hf_tokenizer.HFTokenizer`: windows of its tokens) and split into
 contiguous train / val / test parts (in that order, so no window straddles two splits); each part
 is cut into non-overlapping windows of `block_size + 1` bytes. Examples use the layout of
 `divlab.data.arithmetic`: tokens (L,), prompt_len = 1 (the first byte is given, every later byte
@@ -16,6 +17,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from divlab.data.corpora import read_user_text
 from divlab.data.loaders import eval_loader, seeded_train_loader
 from divlab.data.tokenizers import ByteTokenizer
 from divlab.errors import ConfigError
@@ -27,8 +29,10 @@ class WindowDataset(Dataset):
     def __init__(self, ids: torch.Tensor, *, block_size: int):
         n = (len(ids) - 1) // block_size
         if n < 1:
-            raise ConfigError(f"a data split has {len(ids)} tokens, fewer than data.datamodule.block_size + 1 = "
-                              f"{block_size + 1}; lower block_size or the split fractions")
+            raise ConfigError(
+                f"a data split has {len(ids)} tokens, fewer than data.datamodule.block_size + 1 = "
+                f"{block_size + 1}; lower block_size or the split fractions"
+            )
         self.windows = torch.stack([ids[i * block_size : i * block_size + block_size + 1] for i in range(n)])
 
     def __len__(self) -> int:
@@ -42,33 +46,40 @@ class WindowDataset(Dataset):
 def read_text(*, corpus: str | None, path: str | None, max_chars: int | None) -> str:
     """The text of a named corpus or of a file; exactly one of the two must be given."""
     if (corpus is None) == (path is None):
-        raise ConfigError("set exactly one of data.datamodule.corpus (e.g. shakespeare) and data.datamodule.path")
+        raise ConfigError(
+            "set exactly one of data.datamodule.corpus (e.g. shakespeare) and data.datamodule.path"
+        )
     if path is not None:
         file = Path(path).expanduser()
         if not file.is_file():
             raise ConfigError(f"data.datamodule.path={path} is not a file")
-        text = file.read_text(encoding="utf-8", errors="replace")
+        text = read_user_text(file, what="data.datamodule.path")
         return text[:max_chars] if max_chars else text
     from divlab.data.mixture import read_group_text
 
-    return read_group_text(corpus, max_chars=max_chars)   # a named corpus, or hf:<dataset>[:<split>[:<field>]]
+    return read_group_text(corpus, max_chars=max_chars)  # a named corpus, or hf:<dataset>[:<split>[:<field>]]
 
 
 class TextWindowsDataModule(pl.LightningDataModule):
     """Byte-level LM windows over a corpus or a text file."""
 
-    kind = "text"   # tasks read this: text-generation metrics, judge, SequenceMatch text rollouts
+    kind = "text"  # tasks read this: text-generation metrics, judge, SequenceMatch text rollouts
 
-    def __init__(self, *,
-                 corpus: str | None = "shakespeare",  # a name read_corpus knows or hf:<dataset>[:<split>[:<field>]]; null when path is set
-                 path: str | None = None,             # a UTF-8 text file instead of a named corpus
-                 max_chars: int | None = None,        # keep only the first characters (None: all)
-                 block_size: int = 128,               # tokens a model sees per window
-                 val_fraction: float = 0.05,          # tail part of the text before the test part
-                 test_fraction: float = 0.05,         # last part of the text
-                 batch_size: int = 32,                # per process
-                 seed: int = 0,                       # fixes the batch order (per epoch)
-                 num_workers: int = 0):
+    def __init__(
+        self,
+        *,
+        corpus: str
+        | None = "shakespeare",  # a name read_corpus knows or hf:<dataset>[:<split>[:<field>]]; null when path is set
+        path: str | None = None,  # a UTF-8 text file instead of a named corpus
+        max_chars: int | None = None,  # keep only the first characters (None: all)
+        block_size: int = 128,  # tokens a model sees per window
+        val_fraction: float = 0.05,  # tail part of the text before the test part
+        test_fraction: float = 0.05,  # last part of the text
+        batch_size: int = 32,  # per process
+        seed: int = 0,  # fixes the batch order (per epoch)
+        num_workers: int = 0,
+        tokenizer=None,
+    ):  # None: bytes (ByteTokenizer); or an HFTokenizer (HF students)
         super().__init__()
         if block_size < 2:
             raise ConfigError(f"data.datamodule.block_size must be >= 2, got {block_size}")
@@ -80,7 +91,7 @@ class TextWindowsDataModule(pl.LightningDataModule):
         self.corpus, self.path, self.max_chars, self.block_size = corpus, path, max_chars, block_size
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
-        self.tokenizer = ByteTokenizer()
+        self.tokenizer = ByteTokenizer() if tokenizer is None else tokenizer
         self.vocab_size = self.tokenizer.vocab_size
         self.max_len = block_size + 1
         self._splits = None
@@ -92,7 +103,11 @@ class TextWindowsDataModule(pl.LightningDataModule):
         ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
         n_val, n_test = int(len(ids) * self.val_fraction), int(len(ids) * self.test_fraction)
         n_train = len(ids) - n_val - n_test
-        parts = {"train": ids[:n_train], "val": ids[n_train : n_train + n_val], "test": ids[n_train + n_val :]}
+        parts = {
+            "train": ids[:n_train],
+            "val": ids[n_train : n_train + n_val],
+            "test": ids[n_train + n_val :],
+        }
         self._splits = {name: WindowDataset(part, block_size=self.block_size) for name, part in parts.items()}
 
     def dataset(self, split: str) -> WindowDataset:
@@ -104,8 +119,14 @@ class TextWindowsDataModule(pl.LightningDataModule):
         return torch.unique(self.dataset("train").windows).tolist()
 
     def train_dataloader(self) -> DataLoader:
-        return seeded_train_loader(self._splits["train"], batch_size=self.batch_size, seed=self.seed,
-                                   num_workers=self.num_workers, trainer=self.trainer, drop_last=True)
+        return seeded_train_loader(
+            self._splits["train"],
+            batch_size=self.batch_size,
+            seed=self.seed,
+            num_workers=self.num_workers,
+            trainer=self.trainer,
+            drop_last=True,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return eval_loader(self._splits["val"], batch_size=64, num_workers=self.num_workers)

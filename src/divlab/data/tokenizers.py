@@ -30,7 +30,7 @@ class Tokenizer:
     kind = ""  # name stored in the state dict
 
     def __init__(self, *, n_content: int) -> None:
-        self.n_content = n_content                         # content tokens take ids 0 .. n_content - 1
+        self.n_content = n_content  # content tokens take ids 0 .. n_content - 1
         self.pad_id, self.bos_id, self.eos_id, self.bs_id = range(n_content, n_content + len(SPECIAL_TOKENS))
         self.vocab_size = n_content + len(SPECIAL_TOKENS)
 
@@ -170,7 +170,9 @@ def _check_state(state: dict[str, Any], kind: str) -> None:
     if state.get("kind") != kind:
         raise ValueError(f"state dict is for a {state.get('kind')!r} tokenizer, not {kind!r}.")
     if list(state.get("specials", SPECIAL_TOKENS)) != list(SPECIAL_TOKENS):
-        raise ValueError(f"state dict specials {state.get('specials')!r} differ from {list(SPECIAL_TOKENS)!r}.")
+        raise ValueError(
+            f"state dict specials {state.get('specials')!r} differ from {list(SPECIAL_TOKENS)!r}."
+        )
 
 
 def tokenizer_from_state_dict(state: dict[str, Any]) -> ByteTokenizer | CharTokenizer:

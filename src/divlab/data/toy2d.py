@@ -65,12 +65,14 @@ class Mixture:
 def ring8_mixture(*, radius: float = 2.0, std: float = 0.1) -> Mixture:
     angle = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     means = radius * torch.stack([angle.cos(), angle.sin()], dim=1)
-    return Mixture(means, torch.full((8,), std, dtype=torch.float64), torch.full((8,), 1 / 8, dtype=torch.float64))
+    return Mixture(
+        means, torch.full((8,), std, dtype=torch.float64), torch.full((8,), 1 / 8, dtype=torch.float64)
+    )
 
 
 def grid25_mixture(*, spacing: float = 1.0, std: float = 0.1) -> Mixture:
     coords = (torch.arange(5, dtype=torch.float64) - 2) * spacing
-    means = torch.cartesian_prod(coords, coords)                  # k = 5 i + j
+    means = torch.cartesian_prod(coords, coords)  # k = 5 i + j
     w = 1.0 + torch.arange(25, dtype=torch.float64) % 4
     return Mixture(means, torch.full((25,), std, dtype=torch.float64), w / w.sum())
 
@@ -86,7 +88,7 @@ def _swissroll(n: int, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarr
     from sklearn.datasets import make_swiss_roll
 
     x, t = make_swiss_roll(n, noise=0.25, random_state=rng)
-    mid = 1.5 * math.pi * (1 + 2 * 0.5)                           # t is uniform in 1.5 pi [1, 3]
+    mid = 1.5 * math.pi * (1 + 2 * 0.5)  # t is uniform in 1.5 pi [1, 3]
     return x[:, [0, 2]] / 5.0, (t > mid).astype(np.int64)
 
 
@@ -100,7 +102,9 @@ def _moons(n: int, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
 def sample_toy2d(name: str, n: int, *, seed: int, subset=None) -> tuple[torch.Tensor, torch.Tensor]:
     """n points (float32 (n, 2)) and their labels, a deterministic function of (name, n, seed, subset)."""
     if name not in DATASETS:
-        raise ConfigError(f"data.datamodule.dataset={name!r} is not a 2-D toy set; choose one of {', '.join(DATASETS)}")
+        raise ConfigError(
+            f"data.datamodule.dataset={name!r} is not a 2-D toy set; choose one of {', '.join(DATASETS)}"
+        )
     subset = check_subset(name, subset)
     mixture = mixture_of(name)
     if mixture is not None:
@@ -112,7 +116,7 @@ def sample_toy2d(name: str, n: int, *, seed: int, subset=None) -> tuple[torch.Te
     rng = np.random.RandomState(seed)
     draw = _swissroll if name == "swissroll" else _moons
     xs, ys, have = [], [], 0
-    while have < n:                                               # rejection on the labels for subsets
+    while have < n:  # rejection on the labels for subsets
         x, y = draw(max(2 * n, 64), rng)
         keep = np.ones(len(y), bool) if subset is None else np.isin(y, subset)
         xs.append(x[keep]), ys.append(y[keep])
@@ -126,8 +130,10 @@ def check_subset(name: str, subset):
         return None
     labels = sorted({int(s) for s in subset})
     if not labels or labels[0] < 0 or labels[-1] >= NUM_LABELS[name]:
-        raise ConfigError(f"data.datamodule.subset must list labels in [0, {NUM_LABELS[name] - 1}] for "
-                          f"{name}, got {list(subset)!r}")
+        raise ConfigError(
+            f"data.datamodule.subset must list labels in [0, {NUM_LABELS[name] - 1}] for "
+            f"{name}, got {list(subset)!r}"
+        )
     return labels
 
 
@@ -136,26 +142,41 @@ class Toy2DDataModule(pl.LightningDataModule):
 
     augmented = False
 
-    def __init__(self, *,
-                 dataset: str,               # ring8 | grid25 | swissroll | moons
-                 n_train: int = 32768,       # training points (fixed set)
-                 n_val: int = 2048,          # validation points
-                 n_test: int = 2048,         # test points (reference set of the sample metrics)
-                 batch_size: int = 512,      # per process
-                 subset: list[int] | None = None,  # keep only these labels (components / moons / roll halves)
-                 data_seed: int = 0,         # fixes the point sets
-                 seed: int = 0,              # fixes the batch order
-                 num_workers: int = 0):
+    def __init__(
+        self,
+        *,
+        dataset: str,  # ring8 | grid25 | swissroll | moons
+        n_train: int = 32768,  # training points (fixed set)
+        n_val: int = 2048,  # validation points
+        n_test: int = 2048,  # test points (reference set of the sample metrics)
+        batch_size: int = 512,  # per process
+        subset: list[int] | None = None,  # keep only these labels (components / moons / roll halves)
+        data_seed: int = 0,  # fixes the point sets
+        seed: int = 0,  # fixes the batch order
+        num_workers: int = 0,
+    ):
         super().__init__()
         if dataset not in DATASETS:
-            raise ConfigError(f"data.datamodule.dataset={dataset!r} is not a 2-D toy set; choose one of "
-                              f"{', '.join(DATASETS)}")
-        for key, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("batch_size", batch_size)):
+            raise ConfigError(
+                f"data.datamodule.dataset={dataset!r} is not a 2-D toy set; choose one of "
+                f"{', '.join(DATASETS)}"
+            )
+        for key, value in (
+            ("n_train", n_train),
+            ("n_val", n_val),
+            ("n_test", n_test),
+            ("batch_size", batch_size),
+        ):
             if not isinstance(value, int) or value < 2:
                 raise ConfigError(f"data.datamodule.{key} must be an integer >= 2, got {value!r}")
         self.dataset, self.subset = dataset, check_subset(dataset, subset)
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
-        self.batch_size, self.data_seed, self.seed, self.num_workers = batch_size, data_seed, seed, num_workers
+        self.batch_size, self.data_seed, self.seed, self.num_workers = (
+            batch_size,
+            data_seed,
+            seed,
+            num_workers,
+        )
         self.num_classes, self.input_shape = NUM_LABELS[dataset], (2,)
         self._splits = None
 
@@ -168,9 +189,12 @@ class Toy2DDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._splits is not None:
             return
-        self._splits = {split: TensorDataset(*sample_toy2d(self.dataset, n, seed=self.data_seed * 3 + i,
-                                                           subset=self.subset))
-                        for i, (split, n) in enumerate(self.sizes.items())}
+        self._splits = {
+            split: TensorDataset(
+                *sample_toy2d(self.dataset, n, seed=self.data_seed * 3 + i, subset=self.subset)
+            )
+            for i, (split, n) in enumerate(self.sizes.items())
+        }
 
     def points(self, split: str) -> torch.Tensor:
         self.setup()

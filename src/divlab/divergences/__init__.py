@@ -14,11 +14,16 @@ Convention: P = softmax(target) is the target (data, teacher), Q = softmax(model
 - "batch":       sinkd, same call, one 0-dim value for the whole batch (rows = positions).
 - "samples":     d(target_samples, model_samples) with (N, D) / (M, D) (or (B, N, D) / (B, M, D)).
 
+Categorical and batch members say whether they apply a temperature of their own with the class
+attribute `owns_temperature`: True (hinton_kd, dkd, ofa, pld, sinkd) means "call me with the raw logits,
+I scale them as my paper does (and add T^2 where it does)"; False (every f-divergence, alpha_beta) means
+a KD task divides both logits by its T first and multiplies by T^2 if it is asked to.
+
 Big vocabularies: `chunked_divergence` and `fused_linear_divergence` (see chunked.py).
 docs/divergences.md has the table of members, formulas and conventions.
 """
 
-from . import alpha_beta, dkd, fdivergences, hinton_kd, ofa, pld, samples, sinkd, sinkhorn  # noqa: F401  (register)
+from . import alpha_beta, dkd, fdivergences, hinton_kd, mixtures, ofa, pld, samples, sinkd, sinkhorn  # noqa: F401
 from .base import FDivergence
 from .chunked import ChunkedDivergence, FusedLinearDivergence, chunked_divergence, fused_linear_divergence
 from .registry import available, get_divergence, register

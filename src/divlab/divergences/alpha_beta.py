@@ -39,14 +39,15 @@ class AlphaBeta(nn.Module):
 
     kind = "categorical"  # call shape: see divlab.divergences.__init__
     needs_labels = False
+    owns_temperature = False  # a KD task divides both logits by its T first
     symmetric = False
 
     def __init__(
         self,
         *,
-        alpha: float = 0.5,         # alpha, any real; (1, 0) is forward_kl, (0, 1) is reverse_kl
-        beta: float = 0.5,          # beta, any real; alpha + beta = 1 is Amari's alpha-divergence
-        reduction: str = "none",    # "none" | "mean" over valid positions | "sum"
+        alpha: float = 0.5,  # alpha, any real; (1, 0) is forward_kl, (0, 1) is reverse_kl
+        beta: float = 0.5,  # beta, any real; alpha + beta = 1 is Amari's alpha-divergence
+        reduction: str = "none",  # "none" | "mean" over valid positions | "sum"
     ):
         super().__init__()
         self.alpha = check_range(self.name, "alpha", alpha)

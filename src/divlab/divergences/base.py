@@ -23,7 +23,9 @@ LOG2 = math.log(2.0)
 
 def check_reduction(name: str, reduction: str) -> str:
     if reduction not in REDUCTIONS:
-        raise ConfigError(f"Divergence {name!r}: reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}.")
+        raise ConfigError(
+            f"Divergence {name!r}: reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}."
+        )
     return reduction
 
 
@@ -35,7 +37,9 @@ def check_range(name: str, key: str, value, lo=None, hi=None, *, lo_open=False, 
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"Divergence {name!r}: {key} must be a number in {interval}, got {value!r}.") from None
+        raise ConfigError(
+            f"Divergence {name!r}: {key} must be a number in {interval}, got {value!r}."
+        ) from None
     ok = math.isfinite(v)
     ok = ok and (lo is None or (v > lo if lo_open else v >= lo))
     ok = ok and (hi is None or (v < hi if hi_open else v <= hi))
@@ -71,7 +75,7 @@ def position_mask(name: str, mask, logits: torch.Tensor, dim: int) -> torch.Tens
     if mask is None:
         return None
     mask = torch.as_tensor(mask, device=logits.device)
-    expected = logits.shape[:dim % logits.ndim] + logits.shape[dim % logits.ndim + 1 :]
+    expected = logits.shape[: dim % logits.ndim] + logits.shape[dim % logits.ndim + 1 :]
     if mask.shape != expected:
         raise ConfigError(
             f"Divergence {name!r}: mask must have the logits' shape without dim {dim}, "
@@ -84,7 +88,9 @@ def sanitize(logits: torch.Tensor, valid: torch.Tensor | None, dim: int) -> torc
     """Upcast to the compute dtype and zero the masked positions, so they cannot produce NaN anywhere."""
     logits = logits.to(compute_dtype(logits))
     if valid is not None:
-        logits = torch.where(valid.unsqueeze(dim), logits, torch.zeros((), dtype=logits.dtype, device=logits.device))
+        logits = torch.where(
+            valid.unsqueeze(dim), logits, torch.zeros((), dtype=logits.dtype, device=logits.device)
+        )
     return logits
 
 
@@ -110,6 +116,11 @@ def reduce(values: torch.Tensor, valid: torch.Tensor | None, reduction: str) -> 
     return values.sum() / torch.clamp(torch.as_tensor(count, device=values.device), min=1).to(values.dtype)
 
 
+def xlogx(u: torch.Tensor) -> torch.Tensor:
+    """u log u with 0 log 0 = 0."""
+    return torch.special.xlogy(u, u)
+
+
 def where_safe(cond: torch.Tensor, x: torch.Tensor, fill: float) -> torch.Tensor:
     """x where cond else `fill`: feed the result to a branch that must not see the other values."""
     return torch.where(cond, x, torch.full((), fill, dtype=x.dtype, device=x.device))
@@ -130,6 +141,7 @@ class FDivergence(nn.Module):
     name = "f"
     kind = "categorical"  # call shape: see divlab.divergences.__init__
     needs_labels = False  # labels= is accepted and ignored
+    owns_temperature = False  # a KD task divides both logits by its temperature T before calling it
     symmetric = False  # D(P||Q) == D(Q||P) for all P, Q
 
     def __init__(self, *, reduction: str = "none"):

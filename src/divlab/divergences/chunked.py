@@ -115,7 +115,9 @@ class _Chunked(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float64, device=model.device)
         for lo in range(0, n, rows):
             hi = min(lo + rows, n)
-            value, g = _chunk_value_and_grad(div, target[lo:hi], model[lo:hi], valid, labels, lo, hi, grad is not None)
+            value, g = _chunk_value_and_grad(
+                div, target[lo:hi], model[lo:hi], valid, labels, lo, hi, grad is not None
+            )
             if grad is not None:
                 torch.mul(g, scale, out=grad[lo:hi])
             total += value.double()
@@ -157,6 +159,8 @@ def chunked_divergence(
     n = s.shape[0]
     valid, labels = _positions(div, mask, labels, n, s.device)
     scale = _count(valid, n, reduction)
+    if not torch.is_grad_enabled():  # no_grad / inference mode: no gradient is computed in the forward pass
+        s = s.detach()
     return _Chunked.apply(t, s, valid, labels, div, _chunk_rows(chunk_size, s.shape[-1]), scale)
 
 
@@ -167,7 +171,11 @@ class _FusedLinear(torch.autograd.Function):
         n = hidden.shape[0]
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight, dtype=torch.float32 if weight.dtype != torch.float64 else torch.float64) if need_w else None
+        grad_w = (
+            torch.zeros_like(weight, dtype=torch.float32 if weight.dtype != torch.float64 else torch.float64)
+            if need_w
+            else None
+        )
         total = torch.zeros((), dtype=torch.float64, device=hidden.device)
         for lo in range(0, n, rows):
             hi = min(lo + rows, n)
@@ -222,11 +230,15 @@ def fused_linear_divergence(
     h = _flatten("student_hidden", student_hidden)
     vocab, width = student_weight.shape
     if h.shape[-1] != width:
-        raise ConfigError(f"student_hidden has width {h.shape[-1]} but student_weight is {tuple(student_weight.shape)} (V, H).")
+        raise ConfigError(
+            f"student_hidden has width {h.shape[-1]} but student_weight is {tuple(student_weight.shape)} (V, H)."
+        )
     n = h.shape[0]
     if teacher_logits is not None:
         if teacher_hidden is not None or teacher_weight is not None:
-            raise ConfigError("Give the teacher either as teacher_logits or as teacher_hidden + teacher_weight, not both.")
+            raise ConfigError(
+                "Give the teacher either as teacher_logits or as teacher_hidden + teacher_weight, not both."
+            )
         t_logits = _flatten("teacher_logits", teacher_logits, vocab)
         if t_logits.shape[0] != n:
             raise ConfigError(f"teacher_logits has {t_logits.shape[0]} tokens, the student {n}.")
@@ -243,7 +255,11 @@ def fused_linear_divergence(
         teacher = (None, th.detach(), teacher_weight.detach())
     valid, labels = _positions(div, mask, labels, n, h.device)
     scale = _count(valid, n, reduction)
-    return _FusedLinear.apply(h, student_weight, teacher, div, _chunk_rows(chunk_size, vocab), scale, valid, labels)
+    if not torch.is_grad_enabled():  # no_grad / inference mode: no gradient is computed in the forward pass
+        h, student_weight = h.detach(), student_weight.detach()
+    return _FusedLinear.apply(
+        h, student_weight, teacher, div, _chunk_rows(chunk_size, vocab), scale, valid, labels
+    )
 
 
 class ChunkedDivergence(nn.Module):
@@ -251,20 +267,30 @@ class ChunkedDivergence(nn.Module):
 
     def __init__(
         self,
-        divergence="forward_kl",            # a registered name or a divergence object
+        divergence="forward_kl",  # a registered name or a divergence object
         *,
-        chunk_size: int | None = None,      # tokens per chunk; None: about 2**25 logits per chunk
-        reduction: str = "mean",            # "mean" over valid tokens | "sum"
+        chunk_size: int | None = None,  # tokens per chunk; None: about 2**25 logits per chunk
+        reduction: str = "mean",  # "mean" over valid tokens | "sum"
     ):
         super().__init__()
         self.divergence = _resolve(divergence)
         self.chunk_size = chunk_size
         self.reduction = reduction
 
+    @property
+    def owns_temperature(self) -> bool:
+        """The wrapped divergence's: True if it scales the raw logits by a temperature of its own."""
+        return bool(self.divergence.owns_temperature)
+
     def forward(self, target_logits, model_logits, mask=None, *, labels=None):
         return chunked_divergence(
-            target_logits, model_logits, self.divergence, mask=mask, labels=labels,
-            chunk_size=self.chunk_size, reduction=self.reduction,
+            target_logits,
+            model_logits,
+            self.divergence,
+            mask=mask,
+            labels=labels,
+            chunk_size=self.chunk_size,
+            reduction=self.reduction,
         )
 
 
@@ -273,20 +299,36 @@ class FusedLinearDivergence(nn.Module):
 
     def __init__(
         self,
-        divergence="forward_kl",            # a registered name or a divergence object
+        divergence="forward_kl",  # a registered name or a divergence object
         *,
-        chunk_size: int | None = None,      # tokens per chunk; None: about 2**25 logits per chunk
-        reduction: str = "mean",            # "mean" over valid tokens | "sum"
+        chunk_size: int | None = None,  # tokens per chunk; None: about 2**25 logits per chunk
+        reduction: str = "mean",  # "mean" over valid tokens | "sum"
     ):
         super().__init__()
         self.divergence = _resolve(divergence)
         self.chunk_size = chunk_size
         self.reduction = reduction
 
-    def forward(self, student_hidden, student_weight, *, teacher_logits=None, teacher_hidden=None,
-                teacher_weight=None, mask=None, labels=None):
+    def forward(
+        self,
+        student_hidden,
+        student_weight,
+        *,
+        teacher_logits=None,
+        teacher_hidden=None,
+        teacher_weight=None,
+        mask=None,
+        labels=None,
+    ):
         return fused_linear_divergence(
-            student_hidden, student_weight, teacher_logits=teacher_logits, teacher_hidden=teacher_hidden,
-            teacher_weight=teacher_weight, divergence=self.divergence, mask=mask, labels=labels,
-            chunk_size=self.chunk_size, reduction=self.reduction,
+            student_hidden,
+            student_weight,
+            teacher_logits=teacher_logits,
+            teacher_hidden=teacher_hidden,
+            teacher_weight=teacher_weight,
+            divergence=self.divergence,
+            mask=mask,
+            labels=labels,
+            chunk_size=self.chunk_size,
+            reduction=self.reduction,
         )

@@ -26,14 +26,15 @@ class DKD(nn.Module):
 
     kind = "categorical"  # call shape: see divlab.divergences.__init__
     needs_labels = True  # call with labels=<class ids>
+    owns_temperature = True  # takes raw logits: its own T on both, T^2 included (mdistiller's dkd_loss)
 
     def __init__(
         self,
         *,
-        alpha: float = 1.0,         # weight of TCKD (target vs. non-target binary KL)
-        beta: float = 8.0,          # weight of NCKD (KL among non-target classes); paper's CIFAR-100 value
-        temperature: float = 4.0,   # T > 0
-        reduction: str = "none",    # "none" | "mean" over valid positions | "sum"
+        alpha: float = 1.0,  # weight of TCKD (target vs. non-target binary KL)
+        beta: float = 8.0,  # weight of NCKD (KL among non-target classes); paper's CIFAR-100 value
+        temperature: float = 4.0,  # T > 0
+        reduction: str = "none",  # "none" | "mean" over valid positions | "sum"
     ):
         super().__init__()
         self.alpha = check_range(self.name, "alpha", alpha, 0, None)

@@ -20,13 +20,14 @@ class HintonKD(nn.Module):
 
     kind = "categorical"  # call shape: see divlab.divergences.__init__
     needs_labels = False
+    owns_temperature = True  # takes raw logits: divides them by its own T and multiplies by T^2
 
     def __init__(
         self,
         *,
-        temperature: float = 4.0,   # T > 0, applied to teacher and student logits
-        t2_scale: bool = True,      # multiply by T^2 (Hinton et al.); False gives the plain KL at T
-        reduction: str = "none",    # "none" | "mean" over valid positions | "sum"
+        temperature: float = 4.0,  # T > 0, applied to teacher and student logits
+        t2_scale: bool = True,  # multiply by T^2 (Hinton et al.); False gives the plain KL at T
+        reduction: str = "none",  # "none" | "mean" over valid positions | "sum"
     ):
         super().__init__()
         self.temperature = check_range(self.name, "temperature", temperature, 0, None, lo_open=True)

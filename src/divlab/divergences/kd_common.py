@@ -17,7 +17,9 @@ def prepare_with_labels(name: str, target_logits, model_logits, labels, mask, di
     """
     check_pair(name, target_logits, model_logits)
     if labels is None:
-        raise ConfigError(f"Divergence {name!r} needs the true classes: call it with labels=<tensor of class ids>.")
+        raise ConfigError(
+            f"Divergence {name!r} needs the true classes: call it with labels=<tensor of class ids>."
+        )
     valid = position_mask(name, mask, target_logits, dim)
     labels = torch.as_tensor(labels, device=target_logits.device).long()
     positions = target_logits.movedim(dim, -1).shape[:-1]

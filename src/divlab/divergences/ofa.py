@@ -26,13 +26,14 @@ class OFA(nn.Module):
 
     kind = "categorical"  # call shape: see divlab.divergences.__init__
     needs_labels = True  # call with labels=<class ids>
+    owns_temperature = True  # takes raw logits: its own T on both, no T^2 (OFAKD's ofa_loss)
 
     def __init__(
         self,
         *,
-        epsilon: float = 1.0,       # exponent eps > 0; 1 = soft-label CE, > 1 enhances the target class
-        temperature: float = 1.0,   # T > 0 on teacher and student logits
-        reduction: str = "none",    # "none" | "mean" over valid positions | "sum"
+        epsilon: float = 1.0,  # exponent eps > 0; 1 = soft-label CE, > 1 enhances the target class
+        temperature: float = 1.0,  # T > 0 on teacher and student logits
+        reduction: str = "none",  # "none" | "mean" over valid positions | "sum"
     ):
         super().__init__()
         self.epsilon = check_range(self.name, "epsilon", epsilon, 0, None, lo_open=True)

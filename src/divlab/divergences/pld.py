@@ -10,6 +10,10 @@ log-likelihood of each choice by the teacher's confidence in the chosen class:
 
 computed with one reverse `logcumsumexp`. There is no separate cross-entropy term: one-hot
 weights on rank 1 give exactly the CE with the true label, uniform weights give ListMLE.
+
+The temperature tau acts on the teacher's weights only: the student's logits s enter unscaled and
+there is no T^2 factor, so the loss owns its temperature (`owns_temperature`) and a KD task passes
+it the raw logits.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ def teacher_optimal_permutation(teacher_logits: torch.Tensor, labels: torch.Tens
     return torch.argsort(key, dim=-1, descending=True, stable=True)
 
 
-def plackett_luce_loss(scores: torch.Tensor, permutation: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def plackett_luce_loss(
+    scores: torch.Tensor, permutation: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """sum_k weights_k * (logsumexp_{j>=k} scores[perm_j] - scores[perm_k]) over the last dim.
 
     `weights` are given per rank (already in permutation order). With unit weights this is the
@@ -48,12 +54,13 @@ class PLD(nn.Module):
 
     kind = "categorical"  # call shape: see divlab.divergences.__init__
     needs_labels = True  # call with labels=<class ids>
+    owns_temperature = True  # takes raw logits: tau scales the teacher's weights only, no T^2
 
     def __init__(
         self,
         *,
-        tau: float = 1.0,           # temperature of the teacher weights softmax(t / tau), > 0
-        reduction: str = "none",    # "none" | "mean" over valid positions | "sum"
+        tau: float = 1.0,  # temperature of the teacher weights softmax(t / tau), > 0
+        reduction: str = "none",  # "none" | "mean" over valid positions | "sum"
     ):
         super().__init__()
         self.tau = check_range(self.name, "tau", tau, 0, None, lo_open=True)

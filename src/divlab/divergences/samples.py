@@ -41,9 +41,13 @@ def _off_diagonal_mean(k: torch.Tensor) -> torch.Tensor:
 
 def _check_dims(name: str, x: torch.Tensor, y: torch.Tensor, *, paired: bool = False) -> None:
     if x.shape[-1] != y.shape[-1] and not paired:
-        raise ConfigError(f"Divergence {name!r}: samples must share their dimension D, got {x.shape[-1]} and {y.shape[-1]}.")
+        raise ConfigError(
+            f"Divergence {name!r}: samples must share their dimension D, got {x.shape[-1]} and {y.shape[-1]}."
+        )
     if x.shape[:-2] != y.shape[:-2]:
-        raise ConfigError(f"Divergence {name!r}: batch shapes differ, {tuple(x.shape[:-2])} and {tuple(y.shape[:-2])}.")
+        raise ConfigError(
+            f"Divergence {name!r}: batch shapes differ, {tuple(x.shape[:-2])} and {tuple(y.shape[:-2])}."
+        )
 
 
 @register("mmd")
@@ -71,8 +75,14 @@ class MMD(nn.Module):
         x, y = as_samples(target_samples), as_samples(model_samples)
         _check_dims(self.name, x, y)
         if x.shape[-2] < 2 or y.shape[-2] < 2:
-            raise ConfigError("Divergence 'mmd': the unbiased estimator needs at least 2 samples on each side.")
-        return _off_diagonal_mean(self.kernel(x, x)) + _off_diagonal_mean(self.kernel(y, y)) - 2 * self.kernel(x, y).mean((-2, -1))
+            raise ConfigError(
+                "Divergence 'mmd': the unbiased estimator needs at least 2 samples on each side."
+            )
+        return (
+            _off_diagonal_mean(self.kernel(x, x))
+            + _off_diagonal_mean(self.kernel(y, y))
+            - 2 * self.kernel(x, y).mean((-2, -1))
+        )
 
     def extra_repr(self) -> str:
         return f"bandwidths={self.bandwidths}"
@@ -88,7 +98,7 @@ class EnergyDistance(nn.Module):
     def __init__(
         self,
         *,
-        unbiased: bool = True,      # U-statistic within each sample (excludes i == j)
+        unbiased: bool = True,  # U-statistic within each sample (excludes i == j)
     ):
         super().__init__()
         self.unbiased = bool(unbiased)
@@ -109,8 +119,12 @@ def wasserstein_1d(x: torch.Tensor, y: torch.Tensor, p: float) -> torch.Tensor:
     xs, _ = torch.sort(x, dim=-1)
     ys, _ = torch.sort(y, dim=-1)
     # merge the two quantile grids: on each piece (t_{k-1}, t_k] both quantile functions are constant
-    grid = torch.cat([torch.arange(1, n + 1, dtype=x.dtype, device=x.device) / n,
-                      torch.arange(1, m + 1, dtype=x.dtype, device=x.device) / m])
+    grid = torch.cat(
+        [
+            torch.arange(1, n + 1, dtype=x.dtype, device=x.device) / n,
+            torch.arange(1, m + 1, dtype=x.dtype, device=x.device) / m,
+        ]
+    )
     t, _ = torch.sort(grid)
     width = torch.diff(t, prepend=t.new_zeros(1))
     mid = t - width / 2
@@ -131,8 +145,8 @@ class SlicedWasserstein(nn.Module):
         self,
         *,
         num_projections: int = 128,  # random directions per call
-        p: float = 2.0,              # order p >= 1
-        seed: int | None = None,     # fixed directions (same every call) when set; fresh ones when None
+        p: float = 2.0,  # order p >= 1
+        seed: int | None = None,  # fixed directions (same every call) when set; fresh ones when None
     ):
         super().__init__()
         self.num_projections = check_int(self.name, "num_projections", num_projections)
@@ -169,7 +183,7 @@ class CauchySchwarz(nn.Module):
     def __init__(
         self,
         *,
-        sigma: float = 1.0,         # Gaussian kernel width, same units as the samples
+        sigma: float = 1.0,  # Gaussian kernel width, same units as the samples
     ):
         super().__init__()
         self.sigma = check_range(self.name, "sigma", sigma, 0, None, lo_open=True)
@@ -222,8 +236,8 @@ class DistanceCovariance(nn.Module):
     def __init__(
         self,
         *,
-        unbiased: bool = False,     # U-centred unbiased estimator (Szekely & Rizzo 2014) instead of the V-statistic
-        normalized: bool = False,   # dCor^2 = dCov^2(X, Y) / sqrt(dCov^2(X, X) dCov^2(Y, Y))
+        unbiased: bool = False,  # U-centred unbiased estimator (Szekely & Rizzo 2014) instead of the V-statistic
+        normalized: bool = False,  # dCor^2 = dCov^2(X, Y) / sqrt(dCov^2(X, X) dCov^2(Y, Y))
     ):
         super().__init__()
         self.unbiased = bool(unbiased)
@@ -238,13 +252,17 @@ class DistanceCovariance(nn.Module):
         x, y = _blocks(self.name, target_samples), _blocks(self.name, model_samples)
         _check_dims(self.name, x, y, paired=True)
         if x.shape[-2] != y.shape[-2]:
-            raise ConfigError(f"Divergence {self.name!r}: samples must be paired (same N), got {x.shape[-2]} and {y.shape[-2]}.")
+            raise ConfigError(
+                f"Divergence {self.name!r}: samples must be paired (same N), got {x.shape[-2]} and {y.shape[-2]}."
+            )
         if self.unbiased and x.shape[-2] < 4:
             raise ConfigError(f"Divergence {self.name!r}: the unbiased estimator needs N >= 4 samples.")
         a, b = _centered(_dist(x, x), self.unbiased), _centered(_dist(y, y), self.unbiased)
         value = self._dcov2(a, b)
         if self.normalized:
-            value = value / torch.sqrt(self._dcov2(a, a) * self._dcov2(b, b)).clamp(min=torch.finfo(value.dtype).tiny)
+            value = value / torch.sqrt(self._dcov2(a, a) * self._dcov2(b, b)).clamp(
+                min=torch.finfo(value.dtype).tiny
+            )
         return value
 
     def extra_repr(self) -> str:

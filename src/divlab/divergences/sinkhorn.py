@@ -22,14 +22,18 @@ from .registry import register
 
 _ABSORB = 30.0  # |log u|, |log v| above this: fold the scalings into the potentials
 _WELL_SCALED = 1e-8  # smallest row / column maximum of the starting kernel that needs no log-domain start
-_SMALL = 4096  # N * M below this: products as multiply-and-sum (batched matmul of tiny matrices is slow on CPUs)
+_SMALL = (
+    4096  # N * M below this: products as multiply-and-sum (batched matmul of tiny matrices is slow on CPUs)
+)
 
 
 def _uniform_log(shape, like: torch.Tensor) -> torch.Tensor:
     return torch.full(shape, -math.log(shape[-1]), dtype=like.dtype, device=like.device)
 
 
-def sinkhorn_solve(cost: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, *, epsilon: float, iterations: int):
+def sinkhorn_solve(
+    cost: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, *, epsilon: float, iterations: int
+):
     """Log-potentials (alpha (..., N), beta (..., M)) after `iterations` Sinkhorn iterations;
     the plan is exp(alpha_i + beta_j - C_ij / epsilon)."""
     log_k = -cost / epsilon
@@ -110,7 +114,9 @@ def sinkhorn_cost(
     if cost.dtype not in (torch.float32, torch.float64):
         cost = cost.float()
     log_a = _uniform_log(cost.shape[:-1], cost) if a is None else torch.log(a.to(cost.dtype))
-    log_b = _uniform_log(cost.shape[:-2] + cost.shape[-1:], cost) if b is None else torch.log(b.to(cost.dtype))
+    log_b = (
+        _uniform_log(cost.shape[:-2] + cost.shape[-1:], cost) if b is None else torch.log(b.to(cost.dtype))
+    )
     alpha, beta = sinkhorn_solve(cost, log_a, log_b, epsilon=epsilon, iterations=iterations)
     log_plan = alpha.unsqueeze(-1) + beta.unsqueeze(-2) - cost / epsilon
     plan = log_plan.exp()
@@ -151,10 +157,10 @@ class Sinkhorn(nn.Module):
     def __init__(
         self,
         *,
-        epsilon: float = 0.1,       # entropic regularisation, in cost units, > 0
-        iterations: int = 100,      # Sinkhorn iterations (fixed; no early stop, so batches stay in step)
-        p: float = 2.0,             # cost exponent: ||x - y||^p (2: squared Euclidean, like ot.dist)
-        debiased: bool = False,     # Sinkhorn divergence (Feydy et al.) instead of the plain transport cost
+        epsilon: float = 0.1,  # entropic regularisation, in cost units, > 0
+        iterations: int = 100,  # Sinkhorn iterations (fixed; no early stop, so batches stay in step)
+        p: float = 2.0,  # cost exponent: ||x - y||^p (2: squared Euclidean, like ot.dist)
+        debiased: bool = False,  # Sinkhorn divergence (Feydy et al.) instead of the plain transport cost
     ):
         super().__init__()
         self.epsilon = check_range(self.name, "epsilon", epsilon, 0, None, lo_open=True)
@@ -164,7 +170,10 @@ class Sinkhorn(nn.Module):
 
     def _ot(self, x, y, regularized):
         value, _ = sinkhorn_cost(
-            pairwise_cost(x, y, self.p), epsilon=self.epsilon, iterations=self.iterations, regularized=regularized
+            pairwise_cost(x, y, self.p),
+            epsilon=self.epsilon,
+            iterations=self.iterations,
+            regularized=regularized,
         )
         return value
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-COVERAGE_MIN_SHARE = 0.01   # a mode is covered when it holds >= 1% of the samples
-MODE_RADIUS_STDS = 3.0      # ... within 3 of its stds
+COVERAGE_MIN_SHARE = 0.01  # a mode is covered when it holds >= 1% of the samples
+MODE_RADIUS_STDS = 3.0  # ... within 3 of its stds
 KNN_K = 3
 
 
@@ -29,7 +29,7 @@ def mode_statistics(samples: Tensor, mixture) -> dict[str, float]:
     """coverage, modes_covered, hq, mode_tv for samples (n, d) of a Gaussian mixture."""
     x = samples.detach().to(torch.float64).cpu()
     means, stds, weights = mixture.means.cpu(), mixture.stds.cpu(), mixture.weights.cpu()
-    dist = torch.cdist(x, means)                                   # (n, K)
+    dist = torch.cdist(x, means)  # (n, K)
     inside = dist <= MODE_RADIUS_STDS * stds[None, :]
     dist = torch.where(inside, dist, torch.full_like(dist, float("inf")))
     on = inside.any(1)
@@ -39,19 +39,24 @@ def mode_statistics(samples: Tensor, mixture) -> dict[str, float]:
     covered = int((share >= COVERAGE_MIN_SHARE).sum())
     off = 1.0 - float(on.double().mean())
     tv = 0.5 * (float((share - weights).abs().sum()) + off)
-    return {"coverage": covered / len(weights), "modes_covered": float(covered), "hq": 1.0 - off, "mode_tv": tv}
+    return {
+        "coverage": covered / len(weights),
+        "modes_covered": float(covered),
+        "hq": 1.0 - off,
+        "mode_tv": tv,
+    }
 
 
 def knn_radii(x: Tensor, k: int) -> Tensor:
     d = torch.cdist(x, x)
-    return d.kthvalue(k + 1, dim=1).values                         # k-th neighbour, excluding itself
+    return d.kthvalue(k + 1, dim=1).values  # k-th neighbour, excluding itself
 
 
 def knn_precision_recall(reference: Tensor, generated: Tensor, *, k: int = KNN_K) -> dict[str, float]:
     """Improved precision and recall (Kynkaenniemi et al. 2019) with k-NN balls."""
     real, fake = reference.detach().double().cpu(), generated.detach().double().cpu()
     r_real, r_fake = knn_radii(real, k), knn_radii(fake, k)
-    d = torch.cdist(fake, real)                                    # (n_fake, n_real)
+    d = torch.cdist(fake, real)  # (n_fake, n_real)
     precision = (d <= r_real[None, :]).any(1).double().mean()
     recall = (d.T <= r_fake[None, :]).any(1).double().mean()
     return {"precision": float(precision), "recall": float(recall)}
@@ -62,9 +67,11 @@ def sample_divergences(reference: Tensor, generated: Tensor) -> dict[str, float]
     from divlab.divergences import get_divergence
 
     real, fake = reference.detach().double().cpu(), generated.detach().double().cpu()
-    return {"mmd": float(get_divergence("mmd")(real, fake)),
-            "sliced_w": float(get_divergence("sliced_wasserstein", num_projections=256, seed=0)(real, fake)),
-            "energy": float(get_divergence("energy_distance")(real, fake))}
+    return {
+        "mmd": float(get_divergence("mmd")(real, fake)),
+        "sliced_w": float(get_divergence("sliced_wasserstein", num_projections=256, seed=0)(real, fake)),
+        "energy": float(get_divergence("energy_distance")(real, fake)),
+    }
 
 
 def evaluate_samples(generated: Tensor, reference: Tensor, *, mixture=None) -> dict[str, float]:
@@ -94,7 +101,7 @@ def scatter_plot(path: Path, panels: dict[str, Tensor], *, title: str = "") -> N
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.3), squeeze=False)
-    first = next(iter(panels.values()))                    # the data panel fixes the common frame
+    first = next(iter(panels.values()))  # the data panel fixes the common frame
     lim = float(first.abs().max()) * 1.6
     for ax, (name, pts) in zip(axes[0], panels.items()):
         pts = pts.detach().cpu()
@@ -106,9 +113,18 @@ def scatter_plot(path: Path, panels: dict[str, Tensor], *, title: str = "") -> N
 
 
 @torch.no_grad()
-def evaluate_sampler(sampler: Callable[[Tensor], Tensor], *, reference: Tensor, mixture=None, n: int = 2048,
-                     nfe: int, seed: int = 0, device=None, plot_path: Path | None = None,
-                     title: str = "") -> dict[str, float]:
+def evaluate_sampler(
+    sampler: Callable[[Tensor], Tensor],
+    *,
+    reference: Tensor,
+    mixture=None,
+    n: int = 2048,
+    nfe: int,
+    seed: int = 0,
+    device=None,
+    plot_path: Path | None = None,
+    title: str = "",
+) -> dict[str, float]:
     """Draw n samples from `sampler(latents)` (latents ~ N(0, I), seeded), time them, and score them."""
     gen = torch.Generator().manual_seed(10_000 + seed)
     latents = torch.randn(n, *reference.shape[1:], generator=gen).to(device or "cpu")

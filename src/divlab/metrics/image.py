@@ -15,7 +15,6 @@ data set (the cached KD teacher, e.g. teacher=digits_cnn on digits) stands in fo
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +45,9 @@ def gaussian_fit(features: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and unbiased covariance of (n, d) features, in float64."""
     f = features.detach().double().cpu()
     if len(f) < 2:
-        raise ConfigError(f"a Frechet distance needs at least 2 samples, got {len(f)}; raise the eval sample count")
+        raise ConfigError(
+            f"a Frechet distance needs at least 2 samples, got {len(f)}; raise the eval sample count"
+        )
     return f.mean(0), torch.cov(f.T).reshape(f.shape[1], f.shape[1])
 
 
@@ -68,17 +69,23 @@ class ImageScorer:
     """Scores image samples with a frozen classifier: its predicted classes and the features of the module
     named `feature` (the penultimate layer), against a reference set of images and labels."""
 
-    def __init__(self, classifier: nn.Module, *,
-                 feature: str,                # module whose output is the feature vector (e.g. "pool" of SmallCNN)
-                 reference: Tensor,           # (m, C, H, W) reference images (the test split)
-                 reference_labels: Tensor,    # (m,) their true classes
-                 num_classes: int,            # length of the class histogram
-                 k: int = KNN_K,              # neighbours of the k-NN precision / recall
-                 batch_size: int = 512):      # classifier batch
+    def __init__(
+        self,
+        classifier: nn.Module,
+        *,
+        feature: str,  # module whose output is the feature vector (e.g. "pool" of SmallCNN)
+        reference: Tensor,  # (m, C, H, W) reference images (the test split)
+        reference_labels: Tensor,  # (m,) their true classes
+        num_classes: int,  # length of the class histogram
+        k: int = KNN_K,  # neighbours of the k-NN precision / recall
+        batch_size: int = 512,
+    ):  # classifier batch
         from divlab.models.features import FeatureTaps
 
         self.classifier = classifier.eval().requires_grad_(False)
-        self.taps = FeatureTaps(self.classifier, [feature])   # checks the name; hooks stay for the scorer's life
+        self.taps = FeatureTaps(
+            self.classifier, [feature]
+        )  # checks the name; hooks stay for the scorer's life
         self.feature, self.num_classes, self.k, self.batch_size = feature, num_classes, k, batch_size
         self.reference, self.reference_labels = reference, reference_labels
         self._reference_features = None
@@ -107,17 +114,28 @@ class ImageScorer:
         probs, feats = self.embed(samples)
         ref = self.reference_features()
         hist = class_histogram(probs.argmax(-1), self.num_classes)
-        out = {"fd": frechet_distance_of(ref, feats),
-               "class_tv": total_variation(hist, class_histogram(self.reference_labels, self.num_classes)),
-               "class_conf": float(probs.max(-1).values.double().mean())}
+        out = {
+            "fd": frechet_distance_of(ref, feats),
+            "class_tv": total_variation(hist, class_histogram(self.reference_labels, self.num_classes)),
+            "class_conf": float(probs.max(-1).values.double().mean()),
+        }
         out.update(knn_precision_recall(ref, feats, k=self.k))
         return out
 
 
 @torch.no_grad()
-def evaluate_image_sampler(sampler: Callable[[Tensor], Tensor], scorer: ImageScorer, *, n: int, nfe: int,
-                           seed: int = 0, device=None, plot_path: Path | None = None, title: str = "",
-                           grid_images: int = 100) -> dict[str, float]:
+def evaluate_image_sampler(
+    sampler: Callable[[Tensor], Tensor],
+    scorer: ImageScorer,
+    *,
+    n: int,
+    nfe: int,
+    seed: int = 0,
+    device=None,
+    plot_path: Path | None = None,
+    title: str = "",
+    grid_images: int = 100,
+) -> dict[str, float]:
     """Draw n images from `sampler(latents)` (latents ~ N(0, I) of the reference's shape, seeded as
     divlab.metrics.generative.evaluate_sampler), time them, score them with `scorer`, and draw a grid
     of the first `grid_images` next to the reference images at `plot_path`."""
@@ -131,38 +149,50 @@ def evaluate_image_sampler(sampler: Callable[[Tensor], Tensor], scorer: ImageSco
     if not torch.isfinite(samples).all():
         return {"nonfinite": float((~torch.isfinite(samples)).flatten(1).any(1).double().mean()), **timing}
     if plot_path is not None:
-        image_grid(plot_path, {"data (test)": scorer.reference[:grid_images], "samples": samples[:grid_images]},
-                   title=title)
+        image_grid(
+            plot_path,
+            {"data (test)": scorer.reference[:grid_images], "samples": samples[:grid_images]},
+            title=title,
+        )
     return {**scorer(samples), **timing}
 
 
 def build_image_scorer(cfg, datamodule) -> ImageScorer | None:
     """The ImageScorer of cfg.image_metrics (None when the config has none): the classifier
     `image_metrics.classifier` (a teacher config, trained once on `image_metrics.data` and cached by
-    divlab.teacher exactly as a KD teacher, so the KD teacher's cache file is reused) and the test split."""
+    divlab.provision.teacher exactly as a KD teacher, so the KD teacher's cache file is reused) and the test split."""
     from omegaconf import open_dict
 
-    from divlab.teacher import provision_teacher
+    from divlab.provision.teacher import provision_teacher
     from divlab.utils.checks import build as build_spec
 
     m = cfg.get("image_metrics")
     if m is None:
         if len(datamodule.input_shape) > 1:
-            raise ConfigError(f"data={cfg.data.name} holds images, whose samples are scored by a classifier; "
-                              f"set image_metrics (experiment=onestep/digits shows how)")
+            raise ConfigError(
+                f"data={cfg.data.name} holds images, whose samples are scored by a classifier; "
+                f"set image_metrics (experiment=onestep/digits shows how)"
+            )
         return None
     for key in ("classifier", "data", "feature"):
         if m.get(key) is None:
-            raise ConfigError(f"image_metrics.{key} must be set (see conf/experiment/onestep/_digits_common.yaml)")
+            raise ConfigError(
+                f"image_metrics.{key} must be set (see conf/experiment/onestep/_digits_common.yaml)"
+            )
     if m.classifier.get("train", {}).get("task", "classify") != "classify":
         raise ConfigError("image_metrics.classifier must be a classifier config (e.g. teacher=digits_cnn's)")
     sub = cfg.copy()
     with open_dict(sub):
-        sub.teacher, sub.data = m.classifier, m.data     # the KD teacher's cache key: model, data, recipe
+        sub.teacher, sub.data = m.classifier, m.data  # the KD teacher's cache key: model, data, recipe
     classifier = provision_teacher(sub, build_spec(sub.teacher.model))
-    return ImageScorer(classifier, feature=m.feature, reference=datamodule.points("test"),
-                       reference_labels=datamodule.labels("test"), num_classes=int(m.data.num_classes),
-                       k=m.get("knn_k", KNN_K))
+    return ImageScorer(
+        classifier,
+        feature=m.feature,
+        reference=datamodule.points("test"),
+        reference_labels=datamodule.labels("test"),
+        num_classes=int(m.data.num_classes),
+        k=m.get("knn_k", KNN_K),
+    )
 
 
 def image_grid(path: Path, panels: dict[str, Tensor], *, per_row: int = 10, title: str = "") -> None:
@@ -177,22 +207,24 @@ def image_grid(path: Path, panels: dict[str, Tensor], *, per_row: int = 10, titl
     low, high = float(first.min()), float(first.max())
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), squeeze=False)
     for ax, (name, images) in zip(axes[0], panels.items()):
-        ax.imshow(tile(images.detach().float().cpu(), per_row=per_row, fill=low), cmap="gray_r", vmin=low, vmax=high,
-                  interpolation="nearest")
+        ax.imshow(
+            tile(images.detach().float().cpu(), per_row=per_row, fill=low),
+            cmap="gray_r",
+            vmin=low,
+            vmax=high,
+            interpolation="nearest",
+        )
         ax.set_title(name, fontsize=8)
         ax.set_xticks([]), ax.set_yticks([])
     save_figure(fig, path, title=title)
 
 
 def tile(images: Tensor, *, per_row: int, fill: float, pad: int = 1) -> Tensor:
-    """(n, C, H, W) -> one (rows (H + pad), per_row (W + pad)) image of the first channel; gaps hold `fill`."""
-    n, _, h, w = images.shape
-    rows = math.ceil(n / per_row)
-    canvas = torch.full((rows * (h + pad), per_row * (w + pad)), float(fill))
-    for i, img in enumerate(images[:, 0]):
-        r, c = divmod(i, per_row)
-        canvas[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = img
-    return canvas
+    """(n, C, H, W) -> one image of the first channel, `per_row` images per row with `pad` pixels of `fill`
+    around each (torchvision.utils.make_grid)."""
+    from torchvision.utils import make_grid
+
+    return make_grid(images[:, :1], nrow=per_row, padding=pad, pad_value=float(fill))[0]
 
 
 def log_figure(loggers, tag: str, path: Path, step: int = 0) -> None:
@@ -201,9 +233,9 @@ def log_figure(loggers, tag: str, path: Path, step: int = 0) -> None:
 
     image = None
     for logger in loggers or ():
-        if hasattr(logger, "log_image"):                          # WandbLogger
+        if hasattr(logger, "log_image"):  # WandbLogger
             logger.log_image(key=tag, images=[str(path)], step=step)
-        elif hasattr(getattr(logger, "experiment", None), "add_image"):   # TensorBoardLogger
+        elif hasattr(getattr(logger, "experiment", None), "add_image"):  # TensorBoardLogger
             if image is None:
                 image = matplotlib.image.imread(str(path))[..., :3]
             logger.experiment.add_image(tag, image, global_step=step, dataformats="HWC")

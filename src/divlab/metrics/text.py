@@ -37,8 +37,15 @@ def repetition_rate(sequences: Sequence[Sequence], n: int = 4) -> float:
     return float(np.mean(rates)) if rates else 0.0
 
 
-def mauve_style(reference: np.ndarray, generated: np.ndarray, *, n_clusters: int = 16, scale: float = 5.0,
-                n_lambdas: int = 101, seed: int = 0) -> float:
+def mauve_style(
+    reference: np.ndarray,
+    generated: np.ndarray,
+    *,
+    n_clusters: int = 16,
+    scale: float = 5.0,
+    n_lambdas: int = 101,
+    seed: int = 0,
+) -> float:
     """Area under the divergence frontier of k-means histograms of two feature sets (N, D), (M, D)."""
     from sklearn.cluster import KMeans
 
@@ -48,7 +55,7 @@ def mauve_style(reference: np.ndarray, generated: np.ndarray, *, n_clusters: int
     k = min(n_clusters, len(feats))
     labels = KMeans(n_clusters=k, n_init=5, random_state=seed).fit_predict(feats)
     p = np.bincount(labels[: len(reference)], minlength=k) / len(reference)
-    q = np.bincount(labels[len(reference):], minlength=k) / len(generated)
+    q = np.bincount(labels[len(reference) :], minlength=k) / len(generated)
     lam = np.linspace(0, 1, n_lambdas)[1:-1, None]
     r = lam * p + (1 - lam) * q
     kl = get_divergence("forward_kl")
@@ -56,8 +63,8 @@ def mauve_style(reference: np.ndarray, generated: np.ndarray, *, n_clusters: int
     def logs(x):
         return torch.from_numpy(np.log(np.maximum(x, 1e-300)) + np.where(x > 0, 0.0, -np.inf))
 
-    kl_pr = kl(logs(np.broadcast_to(p, r.shape)), logs(r)).numpy()     # KL(P || R)
-    kl_qr = kl(logs(np.broadcast_to(q, r.shape)), logs(r)).numpy()     # KL(Q || R)
+    kl_pr = kl(logs(np.broadcast_to(p, r.shape)), logs(r)).numpy()  # KL(P || R)
+    kl_qr = kl(logs(np.broadcast_to(q, r.shape)), logs(r)).numpy()  # KL(Q || R)
     x = np.concatenate([[0.0], np.exp(-scale * kl_qr), [1.0]])
     y = np.concatenate([[1.0], np.exp(-scale * kl_pr), [0.0]])
     order = np.argsort(x)

@@ -33,15 +33,19 @@ def fit_law(P: np.ndarray, L: np.ndarray) -> list[dict]:
 
     n, k = P.shape
     if n < k + 2:
-        raise ConfigError(f"the mixing law has k + 2 = {k + 2} parameters per group; mixer.points must be at "
-                          f"least {k + 2}, got {n}.")
+        raise ConfigError(
+            f"the mixing law has k + 2 = {k + 2} parameters per group; mixer.points must be at "
+            f"least {k + 2}, got {n}."
+        )
     fits = []
     for i in range(k):
+
         def model(P_, c, b, *t):
             return law(P_, c, b, np.asarray(t))
+
         y = L[:, i]
         p0 = [float(y.min()) * 0.9, float(y.max() - y.min()) + 1e-3] + [-1.0] * k
-        with warnings.catch_warnings():   # n = k + 2 points fit exactly: no covariance, which is not used
+        with warnings.catch_warnings():  # n = k + 2 points fit exactly: no covariance, which is not used
             warnings.simplefilter("ignore", OptimizeWarning)
             params, _ = curve_fit(model, P, y, p0=p0, maxfev=100_000)
         fits.append({"c": float(params[0]), "b": float(params[1]), "t": [float(v) for v in params[2:]]})
@@ -69,10 +73,10 @@ class DataMixingLawMixer(Mixer):
     def __init__(
         self,
         *,
-        points: int = 10,        # static runs fitted (a Dirichlet cover, shared with grid search)
-        alpha: float = 1.5,      # cover: Dirichlet concentration
-        cover_seed: int = 0,     # cover: fixes the points
-        oversample: int = 4,     # cover: oversampling before merging
+        points: int = 10,  # static runs fitted (a Dirichlet cover, shared with grid search)
+        alpha: float = 1.5,  # cover: Dirichlet concentration
+        cover_seed: int = 0,  # cover: fixes the points
+        oversample: int = 4,  # cover: oversampling before merging
     ) -> None:
         self.points, self.alpha, self.cover_seed, self.oversample = points, alpha, cover_seed, oversample
         self.chosen: list[float] | None = None
@@ -80,24 +84,35 @@ class DataMixingLawMixer(Mixer):
 
     def prepare(self, cfg) -> None:
         groups = list(cfg.data.groups)
-        P = dirichlet_cover(len(groups), self.points, alpha=self.alpha, seed=self.cover_seed,
-                            oversample=self.oversample)
+        P = dirichlet_cover(
+            len(groups), self.points, alpha=self.alpha, seed=self.cover_seed, oversample=self.oversample
+        )
         L = []
         for point in P:
-            run_dir = run_with(cfg, mixer_node("static", weights=[float(v) for v in point]), why="mixing-law point")
+            run_dir = run_with(
+                cfg, mixer_node("static", weights=[float(v) for v in point]), why="mixing-law point"
+            )
             metrics = read_json(run_dir / "metrics.json")["metrics"]
             L.append([metrics[f"val/loss/{g}"] for g in groups])
         L = np.asarray(L)
         fits = fit_law(P, L)
         p = optimal_mixture(fits)
         self.chosen = p.tolist()
-        self.record = {"points": P.tolist(), "val_losses": L.tolist(), "fits": fits, "chosen": self.chosen,
-                       "predicted_mean_loss": float(np.mean([law(p[None], f["c"], f["b"], np.asarray(f["t"]))[0]
-                                                             for f in fits]))}
+        self.record = {
+            "points": P.tolist(),
+            "val_losses": L.tolist(),
+            "fits": fits,
+            "chosen": self.chosen,
+            "predicted_mean_loss": float(
+                np.mean([law(p[None], f["c"], f["b"], np.asarray(f["t"]))[0] for f in fits])
+            ),
+        }
 
     def initial_proportions(self, k: int) -> np.ndarray:
         if self.chosen is None:
-            raise ConfigError("mixer=dml fits its law in prepare(cfg); build the task with divlab.tasks.mix_lm.build.")
+            raise ConfigError(
+                "mixer=dml fits its law in prepare(cfg); build the task with divlab.tasks.mix_lm.build."
+            )
         return np.asarray(self.chosen)
 
     def on_train_start(self, trainer, task) -> None:

@@ -39,7 +39,7 @@ def dirichlet_cover(k: int, n: int, *, alpha: float = 1.5, seed: int = 0, oversa
         points = np.vstack([np.delete(points, [a, b], axis=0), merged])
     points = np.round(points, 4)
     points[:, -1] = np.round(1.0 - points[:, :-1].sum(axis=1), 4)
-    order = np.lexsort(points.T[::-1])                  # a fixed order: by first coordinate, then the next
+    order = np.lexsort(points.T[::-1])  # a fixed order: by first coordinate, then the next
     return points[order]
 
 
@@ -51,10 +51,10 @@ class GridSearchMixer(Mixer):
     def __init__(
         self,
         *,
-        points: int = 10,           # size of the cover
-        alpha: float = 1.5,         # Dirichlet concentration of the oversampled points
-        cover_seed: int = 0,        # fixes the cover (not the runs' seed)
-        oversample: int = 4,        # draw points * 2^oversample before merging
+        points: int = 10,  # size of the cover
+        alpha: float = 1.5,  # Dirichlet concentration of the oversampled points
+        cover_seed: int = 0,  # fixes the cover (not the runs' seed)
+        oversample: int = 4,  # draw points * 2^oversample before merging
     ) -> None:
         self.points, self.alpha, self.cover_seed, self.oversample = points, alpha, cover_seed, oversample
         self.chosen: list[float] | None = None
@@ -62,19 +62,29 @@ class GridSearchMixer(Mixer):
 
     def prepare(self, cfg) -> None:
         k = len(cfg.data.groups)
-        cover = dirichlet_cover(k, self.points, alpha=self.alpha, seed=self.cover_seed, oversample=self.oversample)
+        cover = dirichlet_cover(
+            k, self.points, alpha=self.alpha, seed=self.cover_seed, oversample=self.oversample
+        )
         for point in cover:
             run_dir = run_with(cfg, mixer_node("static", weights=[float(v) for v in point]), why="grid point")
             metrics = read_json(run_dir / "metrics.json")["metrics"]
-            self.sweep.append({"weights": [float(v) for v in point], "run_dir": str(run_dir),
-                               "val/avg_loss": metrics["val/avg_loss"], "test/avg_ppl": metrics.get("test/avg_ppl")})
+            self.sweep.append(
+                {
+                    "weights": [float(v) for v in point],
+                    "run_dir": str(run_dir),
+                    "val/avg_loss": metrics["val/avg_loss"],
+                    "test/avg_ppl": metrics.get("test/avg_ppl"),
+                }
+            )
         best = min(self.sweep, key=lambda r: r["val/avg_loss"])
         self.chosen = best["weights"]
 
     def initial_proportions(self, k: int) -> np.ndarray:
         if self.chosen is None:
-            raise ConfigError("mixer=grid chooses its proportions in prepare(cfg); build the task with "
-                              "divlab.tasks.mix_lm.build.")
+            raise ConfigError(
+                "mixer=grid chooses its proportions in prepare(cfg); build the task with "
+                "divlab.tasks.mix_lm.build."
+            )
         return np.asarray(self.chosen)
 
     def on_train_start(self, trainer, task) -> None:
@@ -84,6 +94,10 @@ class GridSearchMixer(Mixer):
 
 if __name__ == "__main__":
     args = dict(a.split("=", 1) for a in sys.argv[1:])
-    for row in dirichlet_cover(int(args.get("k", 3)), int(args.get("n", 6)), alpha=float(args.get("alpha", 1.5)),
-                               seed=int(args.get("seed", 0))):
+    for row in dirichlet_cover(
+        int(args.get("k", 3)),
+        int(args.get("n", 6)),
+        alpha=float(args.get("alpha", 1.5)),
+        seed=int(args.get("seed", 0)),
+    ):
         print("[" + ",".join(f"{v:.4f}" for v in row) + "]")

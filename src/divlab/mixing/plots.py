@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def plot_proportions(history: list[dict], groups: list[str], *, total_steps: int, path: Path,
-                     title: str = "") -> None:
+def plot_proportions(
+    history: list[dict], groups: list[str], *, total_steps: int, path: Path, title: str = ""
+) -> None:
     """Stacked areas of p over steps from the change records {"step", "p", "reason"}."""
     import matplotlib
 

@@ -41,7 +41,7 @@ def sub_config(cfg: DictConfig, mixer: DictConfig, *, max_steps: int | None = No
         if max_steps is not None:
             sub.trainer.max_steps = int(max_steps)
             interval = sub.trainer.get("val_check_interval")
-            if isinstance(interval, int) and int(max_steps) % interval:   # validate at the last step too
+            if isinstance(interval, int) and int(max_steps) % interval:  # validate at the last step too
                 sub.trainer.val_check_interval = int(max_steps)
     return sub
 

@@ -40,10 +40,10 @@ class SkillItMixer(Mixer):
     def __init__(
         self,
         *,
-        update_every: int = 500,          # steps between updates
-        window: int = 3,                  # evaluations summed
-        eta: float = 0.2,                 # exponential-weights step size
-        graph_steps: int | None = None,   # length of each one-group graph run; None = trainer.max_steps
+        update_every: int = 500,  # steps between updates
+        window: int = 3,  # evaluations summed
+        eta: float = 0.2,  # exponential-weights step size
+        graph_steps: int | None = None,  # length of each one-group graph run; None = trainer.max_steps
     ) -> None:
         if update_every < 1 or window < 1 or eta < 0:
             raise ConfigError("mixer.update_every and mixer.window must be >= 1 and mixer.eta >= 0.")
@@ -56,8 +56,12 @@ class SkillItMixer(Mixer):
         start, end = np.zeros((k, k)), np.zeros((k, k))
         for i in range(k):
             one_hot = [1.0 if j == i else 0.0 for j in range(k)]
-            run_dir = run_with(cfg, mixer_node("static", weights=one_hot), max_steps=self.graph_steps,
-                               why=f"Skill-It graph, group {cfg.data.groups[i]}")
+            run_dir = run_with(
+                cfg,
+                mixer_node("static", weights=one_hot),
+                max_steps=self.graph_steps,
+                why=f"Skill-It graph, group {cfg.data.groups[i]}",
+            )
             start[i] = first_val_losses(run_dir)
             metrics = read_json(run_dir / "metrics.json")["metrics"]
             end[i] = [metrics[f"val/loss/{g}"] for g in cfg.data.groups]
@@ -65,8 +69,10 @@ class SkillItMixer(Mixer):
 
     def initial_proportions(self, k: int) -> np.ndarray:
         if self.graph is None:
-            raise ConfigError("mixer=skillit learns its graph in prepare(cfg); build the task with "
-                              "divlab.tasks.mix_lm.build.")
+            raise ConfigError(
+                "mixer=skillit learns its graph in prepare(cfg); build the task with "
+                "divlab.tasks.mix_lm.build."
+            )
         return skillit_proportions(np.asarray(self.graph), np.ones(k), self.eta)
 
     def on_train_start(self, trainer, task) -> None:
@@ -78,8 +84,10 @@ class SkillItMixer(Mixer):
         if step == 0 or step % self.update_every:
             return
         self.losses.append(task.group_losses("val").tolist())
-        loss_sum = np.asarray(self.losses[-self.window:]).sum(axis=0)
-        task.set_proportions(skillit_proportions(np.asarray(self.graph), loss_sum, self.eta), reason="skillit")
+        loss_sum = np.asarray(self.losses[-self.window :]).sum(axis=0)
+        task.set_proportions(
+            skillit_proportions(np.asarray(self.graph), loss_sum, self.eta), reason="skillit"
+        )
 
     def state_dict(self) -> dict:
         return {"graph": self.graph, "losses": self.losses}

@@ -19,7 +19,7 @@ class StaticMixer(Mixer):
     def __init__(
         self,
         *,
-        weights: Sequence[float],   # one non-negative weight per group (normalised to proportions)
+        weights: Sequence[float],  # one non-negative weight per group (normalised to proportions)
     ) -> None:
         self.weights = [float(w) for w in weights]
 

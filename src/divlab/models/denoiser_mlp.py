@@ -16,10 +16,13 @@ from torch import Tensor, nn
 class FourierEmbedding(nn.Module):
     """t -> [cos(2 pi f t), sin(2 pi f t)] with fixed frequencies f ~ N(0, scale^2)."""
 
-    def __init__(self, *,
-                 channels: int,         # output size (even)
-                 scale: float = 16.0,   # std of the frequencies
-                 seed: int = 0):        # fixes the frequencies (part of the architecture)
+    def __init__(
+        self,
+        *,
+        channels: int,  # output size (even)
+        scale: float = 16.0,  # std of the frequencies
+        seed: int = 0,
+    ):  # fixes the frequencies (part of the architecture)
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("freqs", torch.randn(channels // 2, generator=gen) * scale)
@@ -32,21 +35,32 @@ class FourierEmbedding(nn.Module):
 class DenoiserMLP(nn.Module):
     """h_0 = W x + e(c_noise); h_{l+1} = h_l + Linear(SiLU(Linear(SiLU(h_l)) + E_l e)); F = W_out SiLU(h_L)."""
 
-    def __init__(self, *,
-                 dim: int = 2,             # data dimension
-                 width: int = 128,         # hidden width
-                 depth: int = 3,           # residual blocks
-                 emb_channels: int = 64,   # Fourier embedding size
-                 emb_scale: float = 16.0): # std of the Fourier frequencies
+    def __init__(
+        self,
+        *,
+        dim: int = 2,  # data dimension
+        width: int = 128,  # hidden width
+        depth: int = 3,  # residual blocks
+        emb_channels: int = 64,  # Fourier embedding size
+        emb_scale: float = 16.0,
+    ):  # std of the Fourier frequencies
         super().__init__()
         self.dim, self.width = dim, width
-        self.embed = nn.Sequential(FourierEmbedding(channels=emb_channels, scale=emb_scale),
-                                   nn.Linear(emb_channels, width), nn.SiLU(), nn.Linear(width, width))
+        self.embed = nn.Sequential(
+            FourierEmbedding(channels=emb_channels, scale=emb_scale),
+            nn.Linear(emb_channels, width),
+            nn.SiLU(),
+            nn.Linear(width, width),
+        )
         self.inp = nn.Linear(dim, width)
-        self.blocks = nn.ModuleList(nn.ModuleDict({"a": nn.Linear(width, width), "e": nn.Linear(width, width),
-                                                   "b": nn.Linear(width, width)}) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                {"a": nn.Linear(width, width), "e": nn.Linear(width, width), "b": nn.Linear(width, width)}
+            )
+            for _ in range(depth)
+        )
         self.out = nn.Linear(width, dim)
-        nn.init.zeros_(self.out.weight)   # starts as D = c_skip x (the best guess at high noise)
+        nn.init.zeros_(self.out.weight)  # starts as D = c_skip x (the best guess at high noise)
         nn.init.zeros_(self.out.bias)
 
     def features(self, x: Tensor, c_noise: Tensor) -> Tensor:

@@ -28,12 +28,30 @@ from torch import Tensor, nn
 
 from divlab.errors import ConfigError
 
-__all__ = ["EDMPrecond", "EDMLoss", "c_skip", "c_out", "c_in", "c_noise", "edm_loss_weight",
-           "sample_sigma", "score_from_denoiser", "karras_sigmas", "euler_sampler", "heun_sampler",
-           "sample", "sampler_nfe", "SIGMA_MIN", "SIGMA_MAX", "RHO", "P_MEAN", "P_STD"]
+__all__ = [
+    "EDMPrecond",
+    "EDMLoss",
+    "c_skip",
+    "c_out",
+    "c_in",
+    "c_noise",
+    "edm_loss_weight",
+    "sample_sigma",
+    "score_from_denoiser",
+    "karras_sigmas",
+    "euler_sampler",
+    "heun_sampler",
+    "sample",
+    "sampler_nfe",
+    "SIGMA_MIN",
+    "SIGMA_MAX",
+    "RHO",
+    "P_MEAN",
+    "P_STD",
+]
 
-SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0   # Table 1, "EDM" column
-P_MEAN, P_STD = -1.2, 1.2                      # Table 1, training: ln sigma ~ N(P_mean, P_std^2)
+SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0  # Table 1, "EDM" column
+P_MEAN, P_STD = -1.2, 1.2  # Table 1, training: ln sigma ~ N(P_mean, P_std^2)
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
@@ -78,8 +96,9 @@ def expand_as(sigma: Tensor, x: Tensor) -> Tensor:
 class EDMPrecond(nn.Module):
     """D(x; sigma) = c_skip x + c_out net(c_in x, c_noise) around a raw network `net(x, c_noise)`."""
 
-    def __init__(self, net: nn.Module, *,
-                 sigma_data: float):   # std of the data (per coordinate), e.g. 0.5 for images in [-1, 1]
+    def __init__(
+        self, net: nn.Module, *, sigma_data: float
+    ):  # std of the data (per coordinate), e.g. 0.5 for images in [-1, 1]
         super().__init__()
         if not sigma_data > 0:
             raise ConfigError(f"sigma_data must be > 0, got {sigma_data!r}; set the data config's sigma_data")
@@ -98,8 +117,9 @@ class EDMPrecond(nn.Module):
         return self.net.features(c_in(expand_as(sigma, x), self.sigma_data) * x, c_noise(sigma))
 
 
-def sample_sigma(n: int, *, p_mean: float = P_MEAN, p_std: float = P_STD, generator=None,
-                 device=None, dtype=torch.float32) -> Tensor:
+def sample_sigma(
+    n: int, *, p_mean: float = P_MEAN, p_std: float = P_STD, generator=None, device=None, dtype=torch.float32
+) -> Tensor:
     """(n,) noise levels with ln sigma ~ N(p_mean, p_std^2) (Table 1, training)."""
     return torch.exp(p_mean + p_std * torch.randn(n, generator=generator, device=device, dtype=dtype))
 
@@ -113,16 +133,20 @@ class EDMLoss:
     """Denoising score matching with the EDM weighting: per-example lambda(sigma) |D(x + sigma n; sigma) - x|^2
     averaged over the non-batch dims (so a 2-D point and an image get comparable scales)."""
 
-    def __init__(self, *,
-                 sigma_data: float,         # as in EDMPrecond
-                 p_mean: float = P_MEAN,    # ln sigma ~ N(p_mean, p_std^2)
-                 p_std: float = P_STD):
+    def __init__(
+        self,
+        *,
+        sigma_data: float,  # as in EDMPrecond
+        p_mean: float = P_MEAN,  # ln sigma ~ N(p_mean, p_std^2)
+        p_std: float = P_STD,
+    ):
         self.sigma_data, self.p_mean, self.p_std = float(sigma_data), float(p_mean), float(p_std)
 
     def __call__(self, denoiser: Denoiser, x0: Tensor, *, sigma: Tensor | None = None) -> Tensor:
         if sigma is None:
-            sigma = sample_sigma(x0.shape[0], p_mean=self.p_mean, p_std=self.p_std, device=x0.device,
-                                 dtype=x0.dtype)
+            sigma = sample_sigma(
+                x0.shape[0], p_mean=self.p_mean, p_std=self.p_std, device=x0.device, dtype=x0.dtype
+            )
         noisy = x0 + expand_as(sigma, x0) * torch.randn_like(x0)
         err = (denoiser(noisy, sigma) - x0) ** 2
         return edm_loss_weight(sigma, self.sigma_data) * err.flatten(1).mean(1)
@@ -131,8 +155,15 @@ class EDMLoss:
 # ----------------------------------------------------------------------------- sampling
 
 
-def karras_sigmas(num_steps: int, *, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
-                  rho: float = RHO, device=None, dtype=torch.float64) -> Tensor:
+def karras_sigmas(
+    num_steps: int,
+    *,
+    sigma_min: float = SIGMA_MIN,
+    sigma_max: float = SIGMA_MAX,
+    rho: float = RHO,
+    device=None,
+    dtype=torch.float64,
+) -> Tensor:
     """(num_steps + 1,) noise levels sigma_0 = sigma_max > ... > sigma_{N-1} = sigma_min, then sigma_N = 0
     (eq. 5); with one step the only level is sigma_max."""
     if not isinstance(num_steps, int) or num_steps < 1:
@@ -156,11 +187,20 @@ def sampler_nfe(method: str, num_steps: int) -> int:
 
 
 @torch.no_grad()
-def euler_sampler(denoiser: Denoiser, latents: Tensor, *, num_steps: int, sigma_min: float = SIGMA_MIN,
-                  sigma_max: float = SIGMA_MAX, rho: float = RHO) -> Tensor:
+def euler_sampler(
+    denoiser: Denoiser,
+    latents: Tensor,
+    *,
+    num_steps: int,
+    sigma_min: float = SIGMA_MIN,
+    sigma_max: float = SIGMA_MAX,
+    rho: float = RHO,
+) -> Tensor:
     """Euler on the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma from x = sigma_max * latents.
     One step is x = D(sigma_max z; sigma_max)."""
-    sigmas = karras_sigmas(num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, device=latents.device)
+    sigmas = karras_sigmas(
+        num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, device=latents.device
+    )
     x = latents.to(torch.float64) * sigmas[0]
     for s_cur, s_next in zip(sigmas[:-1], sigmas[1:]):
         d = (x - denoiser(x.to(latents.dtype), s_cur.to(latents.dtype)).to(torch.float64)) / s_cur
@@ -169,26 +209,35 @@ def euler_sampler(denoiser: Denoiser, latents: Tensor, *, num_steps: int, sigma_
 
 
 @torch.no_grad()
-def heun_sampler(denoiser: Denoiser, latents: Tensor, *, num_steps: int, sigma_min: float = SIGMA_MIN,
-                 sigma_max: float = SIGMA_MAX, rho: float = RHO) -> Tensor:
+def heun_sampler(
+    denoiser: Denoiser,
+    latents: Tensor,
+    *,
+    num_steps: int,
+    sigma_min: float = SIGMA_MIN,
+    sigma_max: float = SIGMA_MAX,
+    rho: float = RHO,
+) -> Tensor:
     """Deterministic 2nd-order Heun sampler (Alg. 1, S_churn = 0): 2 N - 1 denoiser evaluations."""
-    sigmas = karras_sigmas(num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, device=latents.device)
+    sigmas = karras_sigmas(
+        num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, device=latents.device
+    )
     dt = latents.dtype
     x = latents.to(torch.float64) * sigmas[0]
     for s_cur, s_next in zip(sigmas[:-1], sigmas[1:]):
         d = (x - denoiser(x.to(dt), s_cur.to(dt)).to(torch.float64)) / s_cur
         x_next = x + (s_next - s_cur) * d
-        if s_next > 0:                                   # 2nd-order correction (Alg. 1, lines 9-11)
+        if s_next > 0:  # 2nd-order correction (Alg. 1, lines 9-11)
             d_next = (x_next - denoiser(x_next.to(dt), s_next.to(dt)).to(torch.float64)) / s_next
             x_next = x + (s_next - s_cur) * (d + d_next) / 2
         x = x_next
     return x.to(dt)
 
 
-def sample(denoiser: Denoiser, latents: Tensor, *, method: str = "heun", num_steps: int = 18,
-           **schedule) -> Tensor:
+def sample(
+    denoiser: Denoiser, latents: Tensor, *, method: str = "heun", num_steps: int = 18, **schedule
+) -> Tensor:
     """euler_sampler or heun_sampler by name."""
     sampler_nfe(method, num_steps)
     fn = euler_sampler if method == "euler" else heun_sampler
     return fn(denoiser, latents, num_steps=num_steps, **schedule)
-

@@ -22,10 +22,13 @@ from divlab.models.edm import as_sigma
 
 
 class GMMTeacher(nn.Module):
-    def __init__(self, *,
-                 means,     # (K, d) component means
-                 stds,      # (K,) isotropic component stds (a scalar is shared by all components)
-                 weights):  # (K,) mixture weights (normalised here)
+    def __init__(
+        self,
+        *,
+        means,  # (K, d) component means
+        stds,  # (K,) isotropic component stds (a scalar is shared by all components)
+        weights,
+    ):  # (K,) mixture weights (normalised here)
         super().__init__()
         means = torch.as_tensor(means, dtype=torch.float64)
         if means.ndim != 2:
@@ -47,7 +50,7 @@ class GMMTeacher(nn.Module):
     def component_log_probs(self, x: Tensor, sigma) -> Tensor:
         """(B, K) log w_k + log N(x; mu_k, v_k I), float64."""
         x64 = x.to(torch.float64).flatten(1)
-        var = self.stds[None, :] ** 2 + as_sigma(sigma, x).to(torch.float64)[:, None] ** 2   # (B, K)
+        var = self.stds[None, :] ** 2 + as_sigma(sigma, x).to(torch.float64)[:, None] ** 2  # (B, K)
         d = x64.shape[1]
         sq = torch.cdist(x64, self.means) ** 2
         return self.weights.log()[None, :] - 0.5 * d * torch.log(2 * math.pi * var) - sq / (2 * var)
@@ -60,7 +63,7 @@ class GMMTeacher(nn.Module):
         """grad_x log p(x; sigma), shape of x."""
         x64 = x.to(torch.float64).flatten(1)
         var = self.stds[None, :] ** 2 + as_sigma(sigma, x).to(torch.float64)[:, None] ** 2
-        post = torch.softmax(self.component_log_probs(x, sigma), dim=1)             # g_k(x)
+        post = torch.softmax(self.component_log_probs(x, sigma), dim=1)  # g_k(x)
         s = ((post / var)[:, :, None] * (self.means[None] - x64[:, None, :])).sum(1)
         return s.reshape(x.shape).to(x.dtype)
 

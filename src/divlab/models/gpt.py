@@ -6,9 +6,8 @@ backspace action) and online data mixing.
 
 Pieces, top to bottom:
 
-- `KVCache`              per-layer key/value buffers with `append` and `pop(n)`.
-- `backspace_attention`  the (mask, position_ids) that make one forward pass over a sequence
-                         containing `<bs>` tokens compute every materialised state at once.
+- `KVCache`, `backspace_attention`  (divlab.models.gpt_cache, re-exported here) the cache that a
+                         backspace pops and the attention mask of sequences containing `<bs>`.
 - `CausalSelfAttention`, `FeedForward`, `Block`  a pre-LayerNorm transformer block.
 - `GPT`                  the model: `forward`, `hidden_states`, `generate`, `num_parameters`.
 
@@ -19,155 +18,17 @@ C model width, V vocabulary.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from divlab.errors import ConfigError
+from divlab.models.gpt_cache import KVCache, backspace_attention
 
 __all__ = ["GPT", "KVCache", "backspace_attention"]
 
 ROTARY_BASE = 10_000.0  # RoFormer (Su et al. 2021), Sec. 3.2.2: theta_i = base^(-2(i-1)/D)
-
-
-# ----------------------------------------------------------------------------------------------
-# KV cache
-
-
-class KVCache:
-    """Keys and values of the positions already processed, one buffer pair per layer.
-
-    Buffers are allocated on the first `append` of each layer (shape, dtype and device are
-    taken from the keys) and hold at most `max_length` positions. All rows of the batch share
-    one length; a sampler that needs ragged deletions per row can instead keep appending and
-    pass an `attention_mask` that hides deleted positions (see `backspace_attention`).
-
-    `GPT.forward(..., kv_cache=cache)` appends the new positions of every layer; `pop(n)`
-    forgets the last n positions (the backspace action of SequenceMatch), after which the next
-    forward overwrites them.
-    """
-
-    def __init__(
-        self,
-        *,
-        n_layer: int,     # number of transformer blocks that will append to this cache
-        max_length: int,  # most positions the cache can hold
-    ) -> None:
-        if n_layer < 1 or max_length < 1:
-            raise ValueError(f"KVCache needs n_layer >= 1 and max_length >= 1, got {n_layer}, {max_length}.")
-        self.n_layer = n_layer
-        self.max_length = max_length
-        self.keys: list[Tensor | None] = [None] * n_layer    # (B, H, max_length, D) per layer
-        self.values: list[Tensor | None] = [None] * n_layer  # (B, H, max_length, D) per layer
-        self._lengths = [0] * n_layer
-
-    @property
-    def length(self) -> int:
-        """Number of positions stored by every layer."""
-        return min(self._lengths)
-
-    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store k, v (B, H, T, D) after the layer's current length; return all (B, H, S, D)."""
-        start, t = self._lengths[layer], k.shape[2]
-        if start + t > self.max_length:
-            raise ValueError(
-                f"KV cache is full: {start} + {t} positions exceed max_length={self.max_length}; "
-                "build the cache with a larger max_length or pop/reset it."
-            )
-        if self.keys[layer] is None:
-            shape = (k.shape[0], k.shape[1], self.max_length, k.shape[3])
-            self.keys[layer] = k.new_empty(shape)
-            self.values[layer] = v.new_empty(shape)
-        keys, values = self.keys[layer], self.values[layer]
-        if keys.shape[0] != k.shape[0]:
-            raise ValueError(f"KV cache holds batch size {keys.shape[0]}, got {k.shape[0]}; use a new cache.")
-        keys[:, :, start : start + t] = k
-        values[:, :, start : start + t] = v
-        self._lengths[layer] = start + t
-        return keys[:, :, : start + t], values[:, :, : start + t]
-
-    def pop(self, n: int = 1) -> None:
-        """Forget the last n positions of every layer."""
-        if not 0 <= n <= self.length:
-            raise ValueError(f"cannot pop {n} positions from a KV cache of length {self.length}.")
-        self._lengths = [length - n for length in self._lengths]
-
-    def reset(self) -> None:
-        """Forget every position (buffers are kept for reuse)."""
-        self._lengths = [0] * self.n_layer
-
-    def __len__(self) -> int:
-        return self.length
-
-
-# ----------------------------------------------------------------------------------------------
-# Backspace: one masked pass computes every state
-
-
-def backspace_attention(
-    tokens: Tensor | Sequence[int] | Sequence[Sequence[int]],
-    *,
-    bs_id: int,                                 # id of the backspace token <bs>
-    prompt_len: int | Sequence[int] | Tensor = 0,  # leading tokens per row that <bs> never deletes
-) -> tuple[Tensor, Tensor]:
-    """Attention mask and position ids for a sequence whose `<bs>` tokens delete earlier tokens.
-
-    SequenceMatch (Cundy & Ermon 2024) adds a backspace action: `<bs>` deletes the last token of
-    the current state. Reading tokens left to right, the state after position i is the list of
-    tokens still alive. A `<bs>` that would delete a prompt token (or act on an empty state) is
-    a no-op. Each position i is given:
-
-    - an ordinary token: it is the last token of its state s_i; it attends to the tokens of s_i
-      and gets position id len(s_i) - 1. Its logits therefore equal the last-position logits
-      of a plain causal forward over s_i.
-    - a `<bs>` token: the deletion is applied first. It attends to the tokens of the state after
-      the deletion, s_i, plus itself, and gets position id len(s_i), i.e. it sits where the next
-      token will go. Its logits equal the last-position logits of a plain causal forward over
-      s_i followed by `<bs>`: they predict the next token after the deletion, knowing that a
-      backspace just happened. A `<bs>` is never alive, so no later position attends to it.
-
-    Every position attends at least to itself, so no row of the mask is empty. Padding after
-    the end is treated as ordinary tokens (mask it out of the loss).
-
-    Args:
-        tokens: (T,) or (B, T) token ids.
-    Returns:
-        mask: bool, (T, T) or (B, T, T); mask[..., i, j] is True when position i may attend to j.
-        position_ids: long, (T,) or (B, T).
-    Both live on the device of `tokens` when it is a tensor; pass them to `GPT.forward`.
-    """
-    device = tokens.device if isinstance(tokens, Tensor) else torch.device("cpu")
-    rows = torch.as_tensor(tokens).detach().cpu().long()
-    unbatched = rows.dim() == 1
-    if unbatched:
-        rows = rows[None]
-    if rows.dim() != 2:
-        raise ValueError(f"tokens must have shape (T,) or (B, T), got {tuple(rows.shape)}.")
-    b, t = rows.shape
-    prompts = torch.as_tensor(prompt_len).long().cpu().expand(b).tolist()
-
-    mask = np.zeros((b, t, t), dtype=bool)
-    positions = np.zeros((b, t), dtype=np.int64)
-    for r, (row, n_prompt) in enumerate(zip(rows.numpy(), prompts)):
-        alive = np.zeros(t, dtype=bool)  # tokens of the current state
-        stack: list[int] = []            # their indices, oldest first
-        for i, token in enumerate(row):
-            if token == bs_id and i >= n_prompt:
-                if len(stack) > n_prompt:
-                    alive[stack.pop()] = False
-                mask[r, i] = alive
-                mask[r, i, i] = True
-                positions[r, i] = len(stack)
-            else:
-                stack.append(i)
-                alive[i] = True
-                mask[r, i] = alive
-                positions[r, i] = len(stack) - 1
-    mask_t, positions_t = torch.from_numpy(mask).to(device), torch.from_numpy(positions).to(device)
-    return (mask_t[0], positions_t[0]) if unbatched else (mask_t, positions_t)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,11 +58,11 @@ class CausalSelfAttention(nn.Module):
     def __init__(
         self,
         *,
-        d_model: int,     # model width C
-        n_head: int,      # number of heads H (C = H * D)
-        dropout: float,   # dropout on attention weights and on the output projection
-        rotary: bool,     # rotate queries and keys by their positions
-        layer: int,       # index of this block, for the KV cache
+        d_model: int,  # model width C
+        n_head: int,  # number of heads H (C = H * D)
+        dropout: float,  # dropout on attention weights and on the output projection
+        rotary: bool,  # rotate queries and keys by their positions
+        layer: int,  # index of this block, for the KV cache
     ) -> None:
         super().__init__()
         self.n_head, self.head_dim = n_head, d_model // n_head
@@ -212,11 +73,11 @@ class CausalSelfAttention(nn.Module):
 
     def forward(
         self,
-        x: Tensor,                   # (B, T, C)
+        x: Tensor,  # (B, T, C)
         *,
         rope: tuple[Tensor, Tensor] | None,
-        attn_mask: Tensor | None,    # bool (B or 1, 1, T, S), True = may attend
-        is_causal: bool,             # no mask: causal (True) or attend to all keys (False)
+        attn_mask: Tensor | None,  # bool (B or 1, 1, T, S), True = may attend
+        is_causal: bool,  # no mask: causal (True) or attend to all keys (False)
         kv_cache: KVCache | None,
     ) -> Tensor:
         b, t, c = x.shape
@@ -226,7 +87,12 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.append(self.layer, k, v)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
         )
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, t, c)))
 
@@ -237,7 +103,7 @@ class FeedForward(nn.Module):
     def __init__(
         self,
         *,
-        d_model: int,    # model width C
+        d_model: int,  # model width C
         dropout: float,  # dropout on the output
     ) -> None:
         super().__init__()
@@ -255,15 +121,17 @@ class Block(nn.Module):
     def __init__(
         self,
         *,
-        d_model: int,    # model width C
-        n_head: int,     # number of heads
+        d_model: int,  # model width C
+        n_head: int,  # number of heads
         dropout: float,  # residual and attention dropout
-        rotary: bool,    # rotary positions inside attention
-        layer: int,      # index of this block
+        rotary: bool,  # rotary positions inside attention
+        layer: int,  # index of this block
     ) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model=d_model, n_head=n_head, dropout=dropout, rotary=rotary, layer=layer)
+        self.attn = CausalSelfAttention(
+            d_model=d_model, n_head=n_head, dropout=dropout, rotary=rotary, layer=layer
+        )
         self.ln2 = nn.LayerNorm(d_model)
         self.mlp = FeedForward(d_model=d_model, dropout=dropout)
 
@@ -286,14 +154,14 @@ class GPT(nn.Module):
     def __init__(
         self,
         *,
-        vocab_size: int,              # number of token ids V
-        n_layer: int,                 # number of transformer blocks
-        n_head: int,                  # attention heads per block
-        d_model: int,                 # model width C, divisible by n_head
-        context_length: int,          # longest sequence trained on; KV cache size in generate
-        dropout: float = 0.0,         # residual, attention and embedding dropout
-        positions: str = "rotary",    # "rotary" (RoFormer) or "learned" absolute embeddings
-        tie_weights: bool = True,     # share the token embedding with the LM head
+        vocab_size: int,  # number of token ids V
+        n_layer: int,  # number of transformer blocks
+        n_head: int,  # attention heads per block
+        d_model: int,  # model width C, divisible by n_head
+        context_length: int,  # longest sequence trained on; KV cache size in generate
+        dropout: float = 0.0,  # residual, attention and embedding dropout
+        positions: str = "rotary",  # "rotary" (RoFormer) or "learned" absolute embeddings
+        tie_weights: bool = True,  # share the token embedding with the LM head
     ) -> None:
         super().__init__()
         if positions not in ("rotary", "learned"):
@@ -301,7 +169,9 @@ class GPT(nn.Module):
         if d_model % n_head != 0:
             raise ConfigError(f"d_model={d_model} must be divisible by n_head={n_head}.")
         if positions == "rotary" and (d_model // n_head) % 2 != 0:
-            raise ConfigError(f"rotary positions need an even head width; d_model / n_head = {d_model // n_head}.")
+            raise ConfigError(
+                f"rotary positions need an even head width; d_model / n_head = {d_model // n_head}."
+            )
         if min(vocab_size, n_layer, n_head, d_model, context_length) < 1:
             raise ConfigError("vocab_size, n_layer, n_head, d_model and context_length must all be >= 1.")
         if not 0.0 <= dropout < 1.0:
@@ -367,11 +237,15 @@ class GPT(nn.Module):
         else:
             position_ids = position_ids.to(idx.device).long().expand(b, t)
             if self.pos_emb is not None and int(position_ids.max()) >= self.context_length:
-                raise ValueError(f"position_ids must be < context_length={self.context_length} with learned positions.")
+                raise ValueError(
+                    f"position_ids must be < context_length={self.context_length} with learned positions."
+                )
 
         if attention_mask is not None:
             if attention_mask.dtype != torch.bool:
-                raise ValueError(f"attention_mask must be boolean (True = may attend), got {attention_mask.dtype}.")
+                raise ValueError(
+                    f"attention_mask must be boolean (True = may attend), got {attention_mask.dtype}."
+                )
             mask = attention_mask.to(idx.device)
             mask = mask[None, None] if mask.dim() == 2 else mask[:, None] if mask.dim() == 3 else mask
             if mask.dim() != 4 or tuple(mask.shape[-2:]) != (t, past + t):
@@ -380,7 +254,9 @@ class GPT(nn.Module):
                     f"S={past + t}; got {tuple(attention_mask.shape)}."
                 )
         elif past > 0 and t > 1:  # causal over new positions, all past positions visible
-            mask = torch.ones(t, past + t, dtype=torch.bool, device=idx.device).tril(diagonal=past)[None, None]
+            mask = torch.ones(t, past + t, dtype=torch.bool, device=idx.device).tril(diagonal=past)[
+                None, None
+            ]
         else:
             mask = None
         # Without a mask: causal when there is no past; a single new position attends to all keys.
@@ -415,7 +291,9 @@ class GPT(nn.Module):
             kv_cache: the new positions are appended to it and attend to its past positions.
             return_hidden: also return the final hidden states (B, T, C) before the LM head.
         """
-        h = self.hidden_states(idx, attention_mask=attention_mask, position_ids=position_ids, kv_cache=kv_cache)
+        h = self.hidden_states(
+            idx, attention_mask=attention_mask, position_ids=position_ids, kv_cache=kv_cache
+        )
         logits = self.lm_head(h)
         return (logits, h) if return_hidden else logits
 

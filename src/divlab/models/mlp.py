@@ -7,11 +7,14 @@ from torch import nn
 
 
 class MLP(nn.Module):
-    def __init__(self, *,
-                 input_shape: list[int],  # e.g. [1, 8, 8]; flattened inside
-                 num_classes: int,        # size of the logits
-                 hidden: list[int],       # widths of the hidden layers
-                 dropout: float = 0.0):   # after each hidden ReLU
+    def __init__(
+        self,
+        *,
+        input_shape: list[int],  # e.g. [1, 8, 8]; flattened inside
+        num_classes: int,  # size of the logits
+        hidden: list[int],  # widths of the hidden layers
+        dropout: float = 0.0,
+    ):  # after each hidden ReLU
         super().__init__()
         self.num_classes = num_classes
         dims = [math.prod(input_shape), *hidden]

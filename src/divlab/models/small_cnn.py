@@ -9,10 +9,13 @@ def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class SmallCNN(nn.Module):
-    def __init__(self, *,
-                 in_channels: int,  # 1 for grey images
-                 num_classes: int,  # size of the logits
-                 width: int = 32):  # channels of the first block; doubled twice
+    def __init__(
+        self,
+        *,
+        in_channels: int,  # 1 for grey images
+        num_classes: int,  # size of the logits
+        width: int = 32,
+    ):  # channels of the first block; doubled twice
         super().__init__()
         self.num_classes = num_classes
         self.stage1 = conv_bn_relu(in_channels, width)

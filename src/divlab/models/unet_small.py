@@ -29,15 +29,25 @@ class ResBlock(nn.Module):
 
 
 class UNetSmall(nn.Module):
-    def __init__(self, *,
-                 in_channels: int = 1,            # image channels
-                 channels: int = 32,              # width at full resolution
-                 channel_mult: tuple = (1, 2),    # width multipliers per resolution (one downsampling each after the first)
-                 emb_channels: int = 64):         # Fourier embedding size of c_noise
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,  # image channels
+        channels: int = 32,  # width at full resolution
+        channel_mult: tuple = (
+            1,
+            2,
+        ),  # width multipliers per resolution (one downsampling each after the first)
+        emb_channels: int = 64,
+    ):  # Fourier embedding size of c_noise
         super().__init__()
         mult = list(channel_mult)
-        self.embed = nn.Sequential(FourierEmbedding(channels=emb_channels), nn.Linear(emb_channels, 4 * channels),
-                                   nn.SiLU(), nn.Linear(4 * channels, 4 * channels))
+        self.embed = nn.Sequential(
+            FourierEmbedding(channels=emb_channels),
+            nn.Linear(emb_channels, 4 * channels),
+            nn.SiLU(),
+            nn.Linear(4 * channels, 4 * channels),
+        )
         emb = 4 * channels
         self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
         widths = [channels * m for m in mult]

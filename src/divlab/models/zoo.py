@@ -1,7 +1,7 @@
 """Models by name: the CIFAR zoo of the KD benchmarks and torchvision's builders.
 
-    build_model("resnet32x4", num_classes=100)
-    build_model("torchvision:resnet18", num_classes=10)   # torchvision builder, weights=None: never downloads
+build_model("resnet32x4", num_classes=100)
+build_model("torchvision:resnet18", num_classes=10)   # torchvision builder, weights=None: never downloads
 """
 
 import difflib
@@ -16,10 +16,15 @@ TORCHVISION_PREFIX = "torchvision:"
 
 # the names of RepDistiller / CRD / mdistiller, so configs and published tables read the same
 _CIFAR_ZOO = {
-    **{f"resnet{d}": partial(CifarResNet, depth=d, widths=(16, 16, 32, 64)) for d in (8, 14, 20, 32, 44, 56, 110)},
+    **{
+        f"resnet{d}": partial(CifarResNet, depth=d, widths=(16, 16, 32, 64))
+        for d in (8, 14, 20, 32, 44, 56, 110)
+    },
     "resnet8x4": partial(CifarResNet, depth=8, widths=(32, 64, 128, 256)),
     "resnet32x4": partial(CifarResNet, depth=32, widths=(32, 64, 128, 256)),
-    **{f"wrn_{d}_{k}": partial(WideResNet, depth=d, widen=k) for d, k in ((16, 1), (16, 2), (40, 1), (40, 2))},
+    **{
+        f"wrn_{d}_{k}": partial(WideResNet, depth=d, widen=k) for d, k in ((16, 1), (16, 2), (40, 1), (40, 2))
+    },
     **{f"vgg{d}": partial(VGG, depth=d) for d in (8, 11, 13, 16, 19)},
     "MobileNetV2": partial(MobileNetV2, width_mult=0.5),
     "ShuffleV1": ShuffleNetV1,
@@ -52,8 +57,10 @@ def _build_torchvision(builder: str, num_classes: int, kwargs: dict) -> nn.Modul
     import torchvision
 
     if "weights" in kwargs or "pretrained" in kwargs:
-        raise ConfigError("torchvision models are built with weights=None (the zoo never downloads); "
-                          "drop `weights`/`pretrained` and load a checkpoint instead")
+        raise ConfigError(
+            "torchvision models are built with weights=None (the zoo never downloads); "
+            "drop `weights`/`pretrained` and load a checkpoint instead"
+        )
     choices = _torchvision_names()
     if builder not in choices:
         raise _unknown("torchvision builder", builder, choices)
@@ -65,14 +72,22 @@ def _build_torchvision(builder: str, num_classes: int, kwargs: dict) -> nn.Modul
     return model
 
 
-def build_model(name: str, *,
-                num_classes: int,  # size of the logits
-                **kwargs) -> nn.Module:  # passed to the model's constructor (e.g. width_mult for MobileNetV2)
+def build_model(
+    name: str,
+    *,
+    num_classes: int,  # size of the logits
+    **kwargs,
+) -> nn.Module:  # passed to the model's constructor (e.g. width_mult for MobileNetV2)
     """A freshly initialised model by zoo name (see `zoo_names()`) or `torchvision:<builder name>`."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     if name.startswith(TORCHVISION_PREFIX):
-        return _build_torchvision(name[len(TORCHVISION_PREFIX):], num_classes, kwargs)
+        return _build_torchvision(name[len(TORCHVISION_PREFIX) :], num_classes, kwargs)
     if name not in _CIFAR_ZOO:
-        raise _unknown("model", name, list(_CIFAR_ZOO), f", or '{TORCHVISION_PREFIX}<builder>' (e.g. torchvision:resnet18)")
+        raise _unknown(
+            "model",
+            name,
+            list(_CIFAR_ZOO),
+            f", or '{TORCHVISION_PREFIX}<builder>' (e.g. torchvision:resnet18)",
+        )
     return _CIFAR_ZOO[name](num_classes=num_classes, **kwargs)

@@ -21,12 +21,14 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from divlab.errors import ConfigError
 from divlab.tables.spec import TableSpec
 from divlab.utils.io import atomic_write_json, read_json
+from divlab.utils.rundir import read_finished
 
 # Appended before the user's overrides: runs started by the table print one line, not a config tree.
 QUIET = ("print_config=false", "trainer.enable_progress_bar=false")
-INTERRUPTED = (130, 137, 143)   # shell codes of SIGINT, SIGKILL, SIGTERM
+INTERRUPTED = (130, 137, 143)  # shell codes of SIGINT, SIGKILL, SIGTERM
 
 
 @dataclass
@@ -36,15 +38,15 @@ class Job:
     row: str
     column: str
     seed: int
-    overrides: list[str]            # the whole `python -m divlab` command line after `-m divlab`
-    kind: str = "run"               # run | teacher (reads the cached teacher, never trains)
+    overrides: list[str]  # the whole `python -m divlab` command line after `-m divlab`
+    kind: str = "run"  # run | teacher (reads the cached teacher, never trains) | reference (one seed)
     run_dir: Path | None = None
-    state: str = "missing"          # finished | failed | missing
-    record: dict | None = None      # metrics.json (or the teacher's sidecar) when finished
-    error: str | None = None        # first error line when failed
-    ran: bool = False               # run by this invocation
-    seconds: float | None = None    # its wall time, when run by this invocation
-    cfg: object = None              # the composed config of a teacher row (to find its cached teacher)
+    state: str = "missing"  # finished | failed | missing
+    record: dict | None = None  # metrics.json (or the teacher's sidecar) when finished
+    error: str | None = None  # first error line when failed
+    ran: bool = False  # run by this invocation
+    seconds: float | None = None  # its wall time, when run by this invocation
+    cfg: object = None  # the composed config of a teacher row (to find its cached teacher)
 
 
 def first_line(text: str) -> str:
@@ -57,7 +59,7 @@ def first_error_line(output: str, returncode: int) -> str:
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     for line in lines:
         if line.startswith("error: "):
-            return line[len("error: "):]
+            return line[len("error: ") :]
     for line in reversed(lines):
         if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)(:|$)", line):
             return line
@@ -67,7 +69,10 @@ def first_error_line(output: str, returncode: int) -> str:
 def _read_state(job: Job, retry_failed: bool) -> None:
     metrics, failed = job.run_dir / "metrics.json", job.run_dir / "failed.json"
     if metrics.is_file():
-        job.state, job.record, job.error = "finished", read_json(metrics), None
+        try:
+            job.state, job.record, job.error = "finished", read_finished(metrics), None
+        except ConfigError as e:  # a corrupt metrics.json: this cell fails, the table goes on
+            job.state, job.record, job.error = "failed", None, str(e)
     elif failed.is_file() and not retry_failed:
         job.state, job.error = "failed", read_json(failed).get("error", "failed")
     else:
@@ -80,7 +85,7 @@ def plan(spec: TableSpec, *, conf_dir: str, seeds=None, extra=(), retry_failed: 
     from divlab.runner import run_directory
 
     seeds = tuple(seeds) if seeds else spec.seeds
-    jobs = []
+    jobs, composed = [], {}
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3", job_name="table"):
@@ -88,11 +93,15 @@ def plan(spec: TableSpec, *, conf_dir: str, seeds=None, extra=(), retry_failed: 
                 for column in spec.columns:
                     base = spec.overrides(row, column)
                     command = lambda seed, base=base: [*base, f"seed={seed}", *QUIET, *extra]  # noqa: E731
-                    try:
-                        cfg = compose("train", overrides=command(seeds[0]))
-                    except Exception as e:   # an override that does not compose: the cell fails here
-                        cfg, error = None, f"config does not compose: {first_line(e)}"
-                    for seed in (seeds[:1] if row.kind == "teacher" else seeds):
+                    key = tuple(base)
+                    if key not in composed:  # columns that only pick a metric share one composition
+                        try:
+                            composed[key] = (compose("train", overrides=command(seeds[0])), None)
+                        except Exception as e:  # an override that does not compose: the cell fails here
+                            composed[key] = (None, f"config does not compose: {first_line(e)}")
+                    cfg, error = composed[key]
+                    cfg = cfg.copy() if cfg is not None else None
+                    for seed in seeds[:1] if row.kind in ("teacher", "reference") else seeds:
                         job = Job(row.name, column.name, seed, command(seed), kind=row.kind)
                         jobs.append(job)
                         if cfg is None:
@@ -103,7 +112,7 @@ def plan(spec: TableSpec, *, conf_dir: str, seeds=None, extra=(), retry_failed: 
                             cfg.seed = seed
                             try:
                                 job.run_dir = run_directory(cfg)
-                            except Exception as e:   # e.g. an interpolation that does not resolve
+                            except Exception as e:  # e.g. an interpolation that does not resolve
                                 job.state, job.error = "failed", f"config does not resolve: {first_line(e)}"
     finally:
         GlobalHydra.instance().clear()
@@ -112,7 +121,7 @@ def plan(spec: TableSpec, *, conf_dir: str, seeds=None, extra=(), retry_failed: 
 
 def refresh(jobs: list[Job], *, retry_failed: bool = False) -> list[Job]:
     """Read each job's state from the files its run left (metrics.json, failed.json, the teacher's)."""
-    from divlab.teacher import teacher_record
+    from divlab.provision.teacher import teacher_record
 
     for job in jobs:
         if job.kind == "teacher" and job.cfg is not None:
@@ -160,8 +169,13 @@ class Runner:
         self._lock = threading.Lock()
 
     def env(self) -> dict:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if self.jobs > 1:   # parallel runs share the cores instead of each taking all of them
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "DIVLAB_JOBS": str(self.jobs),  # for threads=auto
+            "DIVLAB_PARENT_PID": str(os.getpid()),
+        }  # the run dies with the table (divlab.cli.train)
+        if self.jobs > 1:  # parallel runs share the cores instead of each taking all of them
             threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
             for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
                 env.setdefault(var, threads)
@@ -177,8 +191,12 @@ class Runner:
             with self._lock:
                 if self.stopping.is_set():
                     return job
-                proc = subprocess.Popen([self.python, "-m", "divlab", *job.overrides], stdout=out,
-                                        stderr=subprocess.STDOUT, env=self.env())
+                proc = subprocess.Popen(
+                    [self.python, "-m", "divlab", *job.overrides],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=self.env(),
+                )
                 self._live.add(proc)
             proc.wait()
             with self._lock:
@@ -193,10 +211,21 @@ class Runner:
             job.error = f"interrupted (exit code {rc}); it runs again next time"
         else:
             job.state = "failed"
-            job.error = first_error_line(log.read_text(errors="replace"), rc) if rc else "the run ended without writing metrics.json"
-            atomic_write_json(job.run_dir / "failed.json", {
-                "error": job.error, "returncode": rc, "log": str(log), "overrides": job.overrides,
-                "failed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            job.error = (
+                first_error_line(log.read_text(errors="replace"), rc)
+                if rc
+                else "the run ended without writing metrics.json"
+            )
+            atomic_write_json(
+                job.run_dir / "failed.json",
+                {
+                    "error": job.error,
+                    "returncode": rc,
+                    "log": str(log),
+                    "overrides": job.overrides,
+                    "failed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                },
+            )
         return job
 
     def run(self, jobs: list[Job], on_done=None) -> list[Job]:

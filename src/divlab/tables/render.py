@@ -1,5 +1,5 @@
 """A table's cells (mean ± std over seeds, published value, difference from a baseline row) as
-Markdown, CSV, LaTeX and a bar chart. Everything here reads records only: no run is started."""
+Markdown, CSV, LaTeX and a bar chart (tables/figure.py). Everything here reads records only: no run is started."""
 
 import csv
 import io
@@ -10,10 +10,11 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from divlab.tables.figure import metric_label, to_png  # noqa: F401  (part of this module's interface)
 from divlab.tables.spec import TableSpec
 from divlab.utils.io import atomic_write_text
 
-SHORT_ERROR = 90   # characters of the error line shown inside a cell; the full line is listed below
+SHORT_ERROR = 90  # characters of the error line shown inside a cell; the full line is listed below
 
 
 @dataclass
@@ -23,9 +24,9 @@ class Cell:
     row: str
     column: str
     values: list[float] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=list)    # seeds of `values`
-    expected: int = 1                                 # seeds the table asks for
-    errors: list[str] = field(default_factory=list)   # "seed k: first error line"
+    seeds: list[int] = field(default_factory=list)  # seeds of `values`
+    expected: int = 1  # seeds the table asks for
+    errors: list[str] = field(default_factory=list)  # "seed k: first error line"
     reference: float | None = None
     run_dirs: list[str] = field(default_factory=list)
     kind: str = "run"
@@ -48,9 +49,13 @@ class Cell:
 
 def cells_from_jobs(spec: TableSpec, jobs) -> dict[tuple[str, str], Cell]:
     """Group jobs (divlab.tables.cells.Job) into cells; the metric is read from each finished record."""
-    cells = {(r.name, c.name): Cell(r.name, c.name, reference=spec.reference.get((r.name, c.name)),
-                                    kind=r.kind, expected=0)
-             for r in spec.rows for c in spec.columns}
+    cells = {
+        (r.name, c.name): Cell(
+            r.name, c.name, reference=spec.reference.get((r.name, c.name)), kind=r.kind, expected=0
+        )
+        for r in spec.rows
+        for c in spec.columns
+    }
     for job in jobs:
         cell = cells[(job.row, job.column)]
         cell.expected += 1
@@ -87,7 +92,7 @@ def beats_baseline(spec: TableSpec, cells, row: str, column: str) -> bool | None
 
 def wins(spec: TableSpec, cells, row: str) -> str:
     """`k/n`: the columns (of n with both means) where the row beats the baseline row."""
-    if row == spec.baseline_row or next(r for r in spec.rows if r.name == row).kind == "teacher":
+    if row == spec.baseline_row or next(r for r in spec.rows if r.name == row).kind != "run":
         return ""
     results = [beats_baseline(spec, cells, row, c.name) for c in spec.columns]
     known = [r for r in results if r is not None]
@@ -99,14 +104,19 @@ def shows_wins(spec: TableSpec) -> bool:
 
 
 def best_rows(spec: TableSpec, cells) -> dict[str, set[str]]:
-    """Per column, the run rows whose mean is the best (ties all count; teacher rows are not candidates)."""
+    """Per column, the run rows whose mean is the best (ties all count; teacher and reference rows are not candidates)."""
     best = {}
     for column in spec.columns:
-        means = {r.name: cells[(r.name, column.name)].mean for r in spec.rows
-                 if r.kind == "run" and cells[(r.name, column.name)].mean is not None}
+        means = {
+            r.name: cells[(r.name, column.name)].mean
+            for r in spec.rows
+            if r.kind == "run" and cells[(r.name, column.name)].mean is not None
+        }
         if len(means) > 1:
             top = (max if spec.higher_is_better_of(column.name) else min)(means.values())
-            best[column.name] = {name for name, m in means.items() if abs(m - top) <= 1e-9 * max(1.0, abs(top))}
+            best[column.name] = {
+                name for name, m in means.items() if abs(m - top) <= 1e-9 * max(1.0, abs(top))
+            }
     return best
 
 
@@ -123,7 +133,7 @@ def cell_text(cell: Cell, decimals: int, *, pm: str = "±", short: bool = True) 
     if cell.status == "failed":
         error = cell.errors[0].split(": ", 1)[1] if ": " in cell.errors[0] else cell.errors[0]
         if short and len(error) > SHORT_ERROR:
-            error = error[:SHORT_ERROR - 3] + "..."
+            error = error[: SHORT_ERROR - 3] + "..."
         return f"failed: {error}"
     text = fmt(cell.mean, decimals)
     if cell.std is not None:
@@ -155,15 +165,15 @@ def machine_line() -> str:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    gpu = (f"GPU {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
-           if torch.cuda.is_available() else "no GPU")
-    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPU cores, "
-            f"Python {platform.python_version()}, torch {torch.__version__}, {gpu}")
-
-
-def metric_label(spec: TableSpec, column: str) -> str:
-    scale = spec.scale_of(column)
-    return f"`{spec.metric_of(column)}`" + ("" if scale == 1 else f" x {scale:g}")
+    gpu = (
+        f"GPU {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
+        if torch.cuda.is_available()
+        else "no GPU"
+    )
+    return (
+        f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPU cores, "
+        f"Python {platform.python_version()}, torch {torch.__version__}, {gpu}"
+    )
 
 
 def describe(spec: TableSpec, seeds) -> str:
@@ -179,8 +189,13 @@ def describe(spec: TableSpec, seeds) -> str:
     if spec.reference:
         text += "; published: the value reported in the paper(s)"
     directions = {spec.higher_is_better_of(c.name) for c in spec.columns}
-    best = ("highest" if directions == {True} else "lowest" if directions == {False}
-            else "best (in the column's direction)")
+    best = (
+        "highest"
+        if directions == {True}
+        else "lowest"
+        if directions == {False}
+        else "best (in the column's direction)"
+    )
     return text + f"; bold: {best} mean of a column."
 
 
@@ -189,8 +204,9 @@ def failure_lines(spec: TableSpec, cells) -> list[str]:
 
 
 def run_time_line(jobs) -> str:
-    records = {str(j.run_dir): j.record for j in jobs
-               if j.kind == "run" and j.state == "finished" and j.record}
+    records = {
+        str(j.run_dir): j.record for j in jobs if j.kind == "run" and j.state == "finished" and j.record
+    }
     total = sum(float(r.get("wall_time_s", 0.0)) for r in records.values())
     return f"{len(records)} runs, {total / 60:.1f} min of run wall time in all (sum of their metrics.json wall_time_s)"
 
@@ -199,9 +215,14 @@ def to_markdown(spec: TableSpec, cells, *, seeds, machine: str, footer: str = ""
     heads = header_columns(spec)
     best = best_rows(spec, cells)
     extra = [f"wins vs {spec.baseline_row}"] if shows_wins(spec) else []
-    lines = [f"# {spec.title}", "", describe(spec, seeds), "",
-             "| method | " + " | ".join([h[0] for h in heads] + extra) + " |",
-             "|---|" + "---:|" * (len(heads) + len(extra))]
+    lines = [
+        f"# {spec.title}",
+        "",
+        describe(spec, seeds),
+        "",
+        "| method | " + " | ".join([h[0] for h in heads] + extra) + " |",
+        "|---|" + "---:|" * (len(heads) + len(extra)),
+    ]
     for row in spec.rows:
         out = []
         for _, column, what in heads:
@@ -218,8 +239,11 @@ def to_markdown(spec: TableSpec, cells, *, seeds, machine: str, footer: str = ""
     lines.append("")
     failures = failure_lines(spec, cells)
     if failures:
-        lines += [f"Failed runs (first error line; logs in `{spec.name}_logs/` beside this file; "
-                  f"`retry_failed=true` runs them again):", ""]
+        lines += [
+            f"Failed runs (first error line; logs in `{spec.name}_logs/` beside this file; "
+            f"`retry_failed=true` runs them again):",
+            "",
+        ]
         lines += [f"- {f}" for f in failures] + [""]
     lines += [f"- {note}" for note in spec.notes]
     lines += [f"- Machine: {machine}."] + ([f"- {footer}."] if footer else []) + [""]
@@ -229,25 +253,62 @@ def to_markdown(spec: TableSpec, cells, *, seeds, machine: str, footer: str = ""
 def to_csv(spec: TableSpec, cells) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["row", "column", "metric", "status", "n_seeds", "seeds", "mean", "std", "values",
-                     "reference", f"delta_vs_{spec.baseline_row or 'baseline'}",
-                     f"beats_{spec.baseline_row or 'baseline'}", "error", "run_dirs"])
+    writer.writerow(
+        [
+            "row",
+            "column",
+            "metric",
+            "status",
+            "n_seeds",
+            "seeds",
+            "mean",
+            "std",
+            "values",
+            "reference",
+            f"delta_vs_{spec.baseline_row or 'baseline'}",
+            f"beats_{spec.baseline_row or 'baseline'}",
+            "error",
+            "run_dirs",
+        ]
+    )
     num = lambda v: "" if v is None else repr(round(v, 10))  # noqa: E731
     for row in spec.rows:
         for column in spec.columns:
             c = cells[(row.name, column.name)]
             beats = beats_baseline(spec, cells, row.name, column.name)
-            writer.writerow([row.name, column.name, spec.metric_of(column.name), c.status, len(c.values),
-                             " ".join(map(str, c.seeds)), num(c.mean), num(c.std),
-                             " ".join(num(v) for v in c.values), num(c.reference),
-                             num(delta(spec, cells, row.name, column.name)),
-                             "" if beats is None else str(beats).lower(), " | ".join(c.errors),
-                             " ".join(c.run_dirs)])
+            writer.writerow(
+                [
+                    row.name,
+                    column.name,
+                    spec.metric_of(column.name),
+                    c.status,
+                    len(c.values),
+                    " ".join(map(str, c.seeds)),
+                    num(c.mean),
+                    num(c.std),
+                    " ".join(num(v) for v in c.values),
+                    num(c.reference),
+                    num(delta(spec, cells, row.name, column.name)),
+                    "" if beats is None else str(beats).lower(),
+                    " | ".join(c.errors),
+                    " ".join(c.run_dirs),
+                ]
+            )
     return buf.getvalue()
 
 
-TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+TEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def tex_escape(text: str) -> str:
@@ -259,17 +320,26 @@ def to_latex(spec: TableSpec, cells, *, seeds, machine: str) -> str:
     heads = header_columns(spec)
     best = best_rows(spec, cells)
     extra = [f"wins vs {spec.baseline_row}"] if shows_wins(spec) else []
-    lines = ["% generated by scripts/reproduce.py; needs \\usepackage{booktabs}", r"\begin{table}[t]",
-             r"\centering", r"\small", r"\begin{tabular}{l" + "r" * (len(heads) + len(extra)) + "}",
-             r"\toprule", "Method & " + " & ".join(tex_escape(h) for h in [h[0] for h in heads] + extra) + r" \\",
-             r"\midrule"]
+    lines = [
+        "% generated by scripts/reproduce.py; needs \\usepackage{booktabs}",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        r"\begin{tabular}{l" + "r" * (len(heads) + len(extra)) + "}",
+        r"\toprule",
+        "Method & " + " & ".join(tex_escape(h) for h in [h[0] for h in heads] + extra) + r" \\",
+        r"\midrule",
+    ]
     for row in spec.rows:
         out = []
         for _, column, what in heads:
             cell, decimals = cells[(row.name, column)], spec.decimals_of(column)
             if what == "ours":
-                text = tex_escape(cell_text(cell, decimals).split(":", 1)[0]) \
-                    if cell.status == "failed" else tex_escape(cell_text(cell, decimals))
+                text = (
+                    tex_escape(cell_text(cell, decimals).split(":", 1)[0])
+                    if cell.status == "failed"
+                    else tex_escape(cell_text(cell, decimals))
+                )
                 out.append(rf"\textbf{{{text}}}" if row.name in best.get(column, ()) else text)
             elif what == "delta":
                 out.append(tex_escape(fmt(delta(spec, cells, row.name, column), decimals, signed=True)))
@@ -287,64 +357,6 @@ def to_latex(spec: TableSpec, cells, *, seeds, machine: str) -> str:
         caption += " Failed: " + "; ".join(failures) + "."
     lines += [r"\caption{" + tex_escape(caption) + "}", rf"\label{{tab:{spec.name}}}", r"\end{table}", ""]
     return "\n".join(lines)
-
-
-def to_png(spec: TableSpec, cells, path: Path, *, seeds) -> None:
-    """Grouped bars (one group per row, one bar per column), std error bars, published values as
-    diamonds, the baseline row's mean as a dashed line, `failed` written where a cell has no value.
-    Columns with metrics of their own get one panel each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r.name for r in spec.rows]
-    panels = [[c.name for c in spec.columns]] if spec.one_metric else [[c.name] for c in spec.columns]
-    per_panel = max(6.0, len(rows) * (0.3 + 0.25 * len(panels[0])) + 2)
-    fig, axes = plt.subplots(len(panels), 1, figsize=(per_panel, 4.2 * len(panels)), squeeze=False)
-    for ax, columns in zip(axes[:, 0], panels):
-        _bars(ax, spec, cells, rows, columns)
-    axes[0, 0].set_title(f"{spec.title}\nmean ± std over seeds {', '.join(map(str, seeds))}", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120, metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _bars(ax, spec: TableSpec, cells, rows: list[str], columns: list[str]) -> None:
-    """One panel: the rows' bars for `columns` (which share one metric)."""
-    width = 0.8 / len(columns)
-    mine = [cells[(r, c)] for r in rows for c in columns]
-    shown = [v for c in mine for v in ([c.mean] if c.mean is not None else []) +
-             ([c.reference] if c.reference is not None else [])]
-    low = min(shown) if shown else 0.0
-    high = max((c.mean or 0) + (c.std or 0) for c in mine) if shown else 1.0
-    high = max([high] + [c.reference for c in mine if c.reference is not None])
-    pad = 0.15 * (high - low) + 10 ** -spec.decimals_of(columns[0])
-    bottom = low - pad if 0 < low and low > 0.5 * high else (0.0 if low >= 0 else low - pad)
-    for j, column in enumerate(columns):
-        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(rows))]
-        means = [cells[(r, column)].mean for r in rows]
-        stds = [cells[(r, column)].std or 0.0 for r in rows]
-        heights = [(m - bottom) if m is not None else 0.0 for m in means]
-        bars = ax.bar(xs, heights, width * 0.9, bottom=bottom, yerr=stds, capsize=2, label=column)
-        base = cells[(spec.baseline_row, column)].mean if spec.baseline_row is not None else None
-        if base is not None:   # the baseline row's mean across the chart, in the column's colour
-            ax.axhline(base, color=bars.patches[0].get_facecolor(), linestyle="--", linewidth=0.8)
-        for x, r in zip(xs, rows):
-            cell = cells[(r, column)]
-            if cell.reference is not None:
-                ax.plot([x], [cell.reference], marker="D", color="black", markersize=4, linestyle="none",
-                        label="published" if "published" not in ax.get_legend_handles_labels()[1] else None)
-            if cell.mean is None:
-                ax.text(x, bottom, " " + cell.status, rotation=90, ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(rows, rotation=30, ha="right")
-    ax.set_ylabel(metric_label(spec, columns[0]).replace("`", ""))
-    ax.set_ylim(bottom=bottom, top=high + 0.08 * (high - bottom + 1e-9))
-    ax.legend(fontsize=7, ncol=min(4, len(columns) + 1))
 
 
 def write_all(spec: TableSpec, cells, out_dir: Path, *, seeds, machine: str, footer: str = "") -> list[Path]:

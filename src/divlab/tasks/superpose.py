@@ -1,12 +1,12 @@
 """task=superpose: sample from two diffusion models trained on two parts of a 2-D mixture, superposed
-at sampling time by SuperDiff (OR, AND; divlab.tasks.superdiff), against the kappa = 1/2 average and
+at sampling time by SuperDiff (OR, AND; divlab.objectives.superdiff), against the kappa = 1/2 average and
 each model alone. Sampling only (`task.fit: false`): everything happens in `trainer.test`.
 
 Models (the `teacher` group, applied to each of the two `superpose.parts` of the mixture):
   teacher=edm_gmm_exact  the exact denoiser of each part (divlab.models.gmm_teacher.GMMTeacher); no
                          training, and the tracked log-densities can be checked against exact ones.
   teacher=edm_mlp2d      an EDM MLP per part, trained once by task=denoise on data.datamodule.subset=<part>
-                         and cached like every teacher (divlab.teacher).
+                         and cached like every teacher (divlab.provision).
 
 Test metrics (test/<name>, and test/<sampler>/<name> for each sampler of `superpose.samplers`):
   cov1, cov2         mode coverage of part 1 / part 2: fraction of the part's modes holding >= 1% of
@@ -35,19 +35,29 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from divlab.errors import ConfigError
-from divlab.tasks.superdiff import superdiff_sample
+from divlab.metrics.superdiff import (
+    density_metrics,
+    hdr_thresholds,
+    mode_metrics,
+    part_log_densities,
+    plot_dlogq_histograms,
+    plot_samples,
+    union_metrics,
+    union_mixture,
+)
+from divlab.objectives.superdiff import superdiff_sample
+from divlab.tasks.base import DivlabTask
 
-SAMPLERS = {            # name -> (rule, extra keyword arguments of superdiff_sample)
+SAMPLERS = {  # name -> (rule, extra keyword arguments of superdiff_sample)
     "model1": ("fixed", {"kappa": (1.0, 0.0)}),
     "model2": ("fixed", {"kappa": (0.0, 1.0)}),
-    "average": ("fixed", {"kappa": (0.5, 0.5)}),      # (S7)
-    "or": ("or", {}),                                  # (S5)
-    "and": ("and", {}),                                # (S6)
+    "average": ("fixed", {"kappa": (0.5, 0.5)}),  # (S7)
+    "or": ("or", {}),  # (S5)
+    "and": ("and", {}),  # (S6)
 }
 
 
@@ -61,10 +71,14 @@ def build(cfg: DictConfig, *, datamodule=None) -> SuperposeTask:
         raise ConfigError(f"superpose.samplers must list names from {', '.join(SAMPLERS)}, got {samplers!r}")
     mixture = getattr(datamodule, "mixture", None)
     if mixture is None:
-        raise ConfigError(f"superpose needs a Gaussian-mixture data set (its parts' exact densities are the "
-                          f"reference), got data={cfg.data.name}; choose data=grid25 or data=ring8")
+        raise ConfigError(
+            f"superpose needs a Gaussian-mixture data set (its parts' exact densities are the "
+            f"reference), got data={cfg.data.name}; choose data=grid25 or data=ring8"
+        )
     if getattr(datamodule, "subset", None) is not None:
-        raise ConfigError("superpose splits the data itself (superpose.parts); set data.datamodule.subset=null")
+        raise ConfigError(
+            "superpose splits the data itself (superpose.parts); set data.datamodule.subset=null"
+        )
     parts = check_parts(sc.parts, mixture.num_components)
     part_mixtures = [mixture.restrict(p) for p in parts]
     for key, low in (("num_samples", 1), ("num_steps", 1)):
@@ -79,29 +93,46 @@ def build(cfg: DictConfig, *, datamodule=None) -> SuperposeTask:
     if len(sc.or_weights) != 2 or not all(w > 0 for w in sc.or_weights):
         raise ConfigError(f"superpose.or_weights must be two positive numbers, got {list(sc.or_weights)!r}")
     models = part_models(cfg, parts, part_mixtures)
-    return SuperposeTask(models=models, part_mixtures=part_mixtures, parts=parts, samplers=samplers,
-                         num_samples=sc.num_samples, num_steps=sc.num_steps, sigma_min=sc.sigma_min,
-                         sigma_max=sc.sigma_max, rho=sc.rho, temperature=sc.or_temperature,
-                         weights=list(sc.or_weights), near_stds=sc.near_stds, hdr_mass=sc.hdr_mass,
-                         seed=cfg.seed, run_dir=cfg.get("run_dir"), plots=sc.plots)
+    return SuperposeTask(
+        models=models,
+        part_mixtures=part_mixtures,
+        parts=parts,
+        samplers=samplers,
+        num_samples=sc.num_samples,
+        num_steps=sc.num_steps,
+        sigma_min=sc.sigma_min,
+        sigma_max=sc.sigma_max,
+        rho=sc.rho,
+        temperature=sc.or_temperature,
+        weights=list(sc.or_weights),
+        near_stds=sc.near_stds,
+        hdr_mass=sc.hdr_mass,
+        seed=cfg.seed,
+        run_dir=cfg.get("run_dir"),
+        plots=sc.plots,
+    )
 
 
 def part_models(cfg: DictConfig, parts: list[list[int]], part_mixtures) -> list:
     """teacher.analytic: the exact denoiser of each part; else the EDM denoiser of cfg.teacher trained on
-    data.datamodule.subset=<part> by task=denoise, once, and cached (divlab.teacher)."""
+    data.datamodule.subset=<part> by task=denoise, once, and cached (divlab.provision)."""
     from divlab.models.gmm_teacher import GMMTeacher
 
     teacher = cfg.get("teacher")
     if teacher is None or "analytic" not in teacher:
-        raise ConfigError("superpose needs a diffusion teacher; choose teacher=edm_gmm_exact (exact) or "
-                          "teacher=edm_mlp2d (trained per part)")
+        raise ConfigError(
+            "superpose needs a diffusion teacher; choose teacher=edm_gmm_exact (exact) or "
+            "teacher=edm_mlp2d (trained per part)"
+        )
     if teacher.analytic:
         return [GMMTeacher.from_mixture(m) for m in part_mixtures]
     if teacher.train.get("task") != "denoise":
-        raise ConfigError(f"teacher.train.task={teacher.train.get('task')!r} does not train a diffusion model; "
-                          f"choose teacher=edm_mlp2d (teacher.train.task=denoise)")
+        raise ConfigError(
+            f"teacher.train.task={teacher.train.get('task')!r} does not train a diffusion model; "
+            f"choose teacher=edm_mlp2d (teacher.train.task=denoise)"
+        )
+    from divlab.provision.teacher import provision_teacher
     from divlab.tasks.denoise import build_denoiser
-    from divlab.teacher import provision_teacher
 
     models = []
     for part in parts:
@@ -119,126 +150,51 @@ def check_parts(parts, num_components: int) -> list[list[int]]:
     for i, part in enumerate(parts):
         labels = sorted({int(c) for c in part})
         if not labels or labels[0] < 0 or labels[-1] >= num_components:
-            raise ConfigError(f"superpose.parts[{i}] must list components in [0, {num_components - 1}], "
-                              f"got {list(part)!r}")
+            raise ConfigError(
+                f"superpose.parts[{i}] must list components in [0, {num_components - 1}], got {list(part)!r}"
+            )
         out.append(labels)
     if out[0] == out[1]:
         raise ConfigError("superpose.parts are equal; give the two models different parts of the data")
     return out
 
 
-# ----------------------------------------------------------------------------- metrics
-
-
-def part_log_densities(part_mixtures, x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(2, B) exact log q_i(x; sigma) of the two parts of the data."""
-    from divlab.models.gmm_teacher import GMMTeacher
-
-    return torch.stack([GMMTeacher.from_mixture(m).log_density(x.double(), sigma) for m in part_mixtures])
-
-
-def mode_metrics(x: torch.Tensor, part_mixtures, parts, *, near_stds: float) -> dict:
-    """Coverage of each part's modes (divlab.metrics.generative: >= 1% of the samples within 3 stds) and the
-    fractions of samples near modes of part 1 only / part 2 only / both parts / none."""
-    from divlab.metrics.generative import mode_statistics
-
-    near = []
-    for m in part_mixtures:
-        dist = torch.cdist(x.double(), m.means)                       # (B, K_i)
-        near.append(dist <= near_stds * m.stds[None, :])
-    out = {f"cov{i}": mode_statistics(x, m)["coverage"] for i, m in enumerate(part_mixtures, start=1)}
-    shared = sorted(set(parts[0]) & set(parts[1]))
-    in_shared = torch.zeros(x.shape[0], dtype=torch.bool)
-    for i, part in enumerate(parts):
-        cols = [part.index(c) for c in shared]
-        if cols:
-            in_shared |= near[i][:, cols].any(1)
-    near1, near2 = near[0].any(1), near[1].any(1)
-    out["near1_only"] = float((near1 & ~in_shared).double().mean())
-    out["near2_only"] = float((near2 & ~in_shared).double().mean())
-    out["near_shared"] = float(in_shared.double().mean())
-    out["off_mode"] = float((~near1 & ~near2).double().mean())
-    return out
-
-
-def union_mixture(part_mixtures, weights):
-    """The OR target: w_1 part_1 + w_2 part_2 as one Mixture."""
-    from divlab.data.toy2d import Mixture
-
-    w = torch.as_tensor(weights, dtype=torch.float64)
-    w = w / w.sum()
-    return Mixture(torch.cat([m.means for m in part_mixtures]), torch.cat([m.stds for m in part_mixtures]),
-                   torch.cat([wi * m.weights for wi, m in zip(w, part_mixtures)]))
-
-
-UNION_SAMPLES = 1000   # the union_* metrics use the first 1,000 samples (their cost is quadratic)
-
-
-def union_metrics(x: torch.Tensor, union) -> dict:
-    """k-NN precision/recall, MMD, sliced W, energy of (the first UNION_SAMPLES) samples against as many
-    exact samples of the OR target (divlab.metrics.generative), as union_<name>."""
-    from divlab.metrics.generative import evaluate_samples
-
-    x = x[:UNION_SAMPLES]
-    reference, _ = union.sample(len(x), generator=torch.Generator().manual_seed(2024))
-    return {f"union_{k}": v for k, v in evaluate_samples(x.float(), reference).items()}
-
-
-def hdr_thresholds(part_mixtures, *, sigma: float, mass: float, n: int = 20000) -> torch.Tensor:
-    """(2,) tau_i: the region log q_i >= tau_i holds `mass` of part i (quantile over n exact samples)."""
-    taus = []
-    for i, m in enumerate(part_mixtures):
-        x, _ = m.sample(n, generator=torch.Generator().manual_seed(12345 + i))
-        x = x.double() + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(54321 + i),
-                                             dtype=torch.float64)
-        logq = part_log_densities([m], x, sigma)[0]
-        taus.append(torch.quantile(logq, 1.0 - mass))
-    return torch.stack(taus)
-
-
-def density_metrics(x: torch.Tensor, tracked: torch.Tensor, exact: torch.Tensor, taus: torch.Tensor) -> dict:
-    d = exact[0] - exact[1]
-    return {"dlogq_abs_mean": float(d.abs().mean()), "dlogq_abs_median": float(d.abs().median()),
-            "dlogq_mean": float(d.mean()),
-            "frac_both_high": float((exact >= taus[:, None]).all(0).double().mean()),
-            "ito_abs_err": float((tracked - exact).abs().mean()),
-            "ito_dlogq_abs_mean": float((tracked[0] - tracked[1]).abs().mean())}
-
-
 # ----------------------------------------------------------------------------- task
 
 
-class SuperposeTask(pl.LightningModule):
-    def __init__(self, *,
-                 models: list,                  # two denoisers D_i(x, sigma), frozen
-                 part_mixtures: list,           # the two parts of the data (exact reference densities)
-                 parts: list[list[int]],        # their mixture components
-                 samplers: list[str],           # names from SAMPLERS
-                 num_samples: int = 2000,       # samples per sampler
-                 num_steps: int = 200,          # reverse-SDE steps sigma_max -> sigma_min
-                 sigma_min: float = 0.002,      # samples and densities are taken at this noise level
-                 sigma_max: float = 80.0,       # first noise level
-                 rho: float = 7.0,              # Karras schedule exponent
-                 temperature: float = 1.0,      # OR temperature T
-                 weights: list | None = None,   # OR mixture weights (w_1, w_2)
-                 near_stds: float = 3.0,        # "near a mode" = within this many component stds
-                 hdr_mass: float = 0.99,        # mass of each part's high-density region
-                 seed: int = 0,                 # latents and path noise
-                 run_dir: str | None = None,    # figures and samples.pt go here (rank 0)
-                 plots: bool = True):
-        super().__init__()
-        for m in models:
-            m.eval().requires_grad_(False)
-        self._models = tuple(models)            # held outside the module tree: never saved
+class SuperposeTask(DivlabTask):
+    def __init__(
+        self,
+        *,
+        models: list,  # two denoisers D_i(x, sigma), frozen
+        part_mixtures: list,  # the two parts of the data (exact reference densities)
+        parts: list[list[int]],  # their mixture components
+        samplers: list[str],  # names from SAMPLERS
+        num_samples: int = 2000,  # samples per sampler
+        num_steps: int = 200,  # reverse-SDE steps sigma_max -> sigma_min
+        sigma_min: float = 0.002,  # samples and densities are taken at this noise level
+        sigma_max: float = 80.0,  # first noise level
+        rho: float = 7.0,  # Karras schedule exponent
+        temperature: float = 1.0,  # OR temperature T
+        weights: list | None = None,  # OR mixture weights (w_1, w_2)
+        near_stds: float = 3.0,  # "near a mode" = within this many component stds
+        hdr_mass: float = 0.99,  # mass of each part's high-density region
+        seed: int = 0,  # latents and path noise
+        run_dir: str | None = None,  # figures and samples.pt go here (rank 0)
+        plots: bool = True,
+    ):
+        super().__init__(seed=seed, task_name="superpose")
+        for i, m in enumerate(models):  # held outside the module tree: never saved
+            self.hold_frozen(f"model{i + 1}", m)
         self.part_mixtures, self.parts, self.samplers = part_mixtures, parts, samplers
         self.settings = dict(num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
         self.temperature, self.weights = temperature, weights
         self.num_samples, self.near_stds, self.hdr_mass = num_samples, near_stds, hdr_mass
-        self.seed, self.run_dir, self.plots = seed, run_dir, plots
+        self.run_dir, self.plots = run_dir, plots
         self.results: dict = {}
 
     def test_step(self, batch, batch_idx):
-        pass                                    # the work is done once, in on_test_epoch_end
+        pass  # the work is done once, in on_test_epoch_end
 
     def sample(self, name: str):
         rule, extra = SAMPLERS[name]
@@ -246,10 +202,11 @@ class SuperposeTask(pl.LightningModule):
             extra = {"temperature": self.temperature, "weights": self.weights}
         generator = torch.Generator().manual_seed(self.seed)
         latents = torch.randn(self.num_samples, 2, generator=generator, dtype=torch.float64)
-        models = [m.to(self.device) for m in self._models]
+        models = [self.frozen(f"model{i + 1}") for i in range(len(self._frozen))]
         start = time.time()
-        result = superdiff_sample(models, latents.to(self.device), rule=rule, generator=generator,
-                                  **self.settings, **extra)
+        result = superdiff_sample(
+            models, latents.to(self.device), rule=rule, generator=generator, **self.settings, **extra
+        )
         return result, time.time() - start
 
     def on_test_epoch_end(self) -> None:
@@ -260,11 +217,14 @@ class SuperposeTask(pl.LightningModule):
             result, seconds = self.sample(name)
             x = result.x.cpu()
             exact = part_log_densities(self.part_mixtures, x, sigma_min)
-            metrics = {**mode_metrics(x, self.part_mixtures, self.parts, near_stds=self.near_stds),
-                       **density_metrics(x, result.log_q.cpu(), exact, taus),
-                       **union_metrics(x, union),
-                       "kappa_outside": result.kappa_outside, "nfe": float(result.nfe),
-                       "sec_per_1k": seconds * 1000.0 / self.num_samples}
+            metrics = {
+                **mode_metrics(x, self.part_mixtures, self.parts, near_stds=self.near_stds),
+                **density_metrics(x, result.log_q.cpu(), exact, taus),
+                **union_metrics(x, union),
+                "kappa_outside": result.kappa_outside,
+                "nfe": float(result.nfe),
+                "sec_per_1k": seconds * 1000.0 / self.num_samples,
+            }
             self.results[name] = {"x": x, "exact": exact, "tracked": result.log_q.cpu(), "metrics": metrics}
             for key, value in metrics.items():
                 self.log(f"test/{name}/{key}", value)
@@ -275,66 +235,12 @@ class SuperposeTask(pl.LightningModule):
 
     def save_artifacts(self, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({name: {k: r[k] for k in ("x", "exact", "tracked")} for name, r in self.results.items()},
-                   run_dir / "samples.pt")
+        torch.save(
+            {name: {k: r[k] for k in ("x", "exact", "tracked")} for name, r in self.results.items()},
+            run_dir / "samples.pt",
+        )
         plot_samples(self.results, self.part_mixtures, run_dir / "samples.png")
         plot_dlogq_histograms(self.results, run_dir / "dlogq_hist.png")
 
     def configure_optimizers(self):
         return None
-
-
-# ----------------------------------------------------------------------------- figures
-
-COLORS = {"model1": "tab:blue", "model2": "tab:orange", "average": "tab:gray", "or": "tab:green",
-          "and": "tab:red"}
-
-
-def plot_samples(results: dict, part_mixtures, path: Path) -> None:
-    """One panel per sampler: its samples over exact samples of part 1 (blue) and part 2 (orange)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    refs = [m.sample(1000, generator=torch.Generator().manual_seed(7 + i))[0] for i, m in enumerate(part_mixtures)]
-    pts = torch.cat(refs)
-    lo, hi = pts.min(0).values - 0.7, pts.max(0).values + 0.7
-    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.4), squeeze=False)
-    for ax, (name, r) in zip(axes[0], results.items()):
-        for ref, color in zip(refs, ("tab:blue", "tab:orange")):
-            ax.scatter(ref[:, 0], ref[:, 1], s=3, c=color, alpha=0.15, linewidths=0)
-        ax.scatter(r["x"][:, 0], r["x"][:, 1], s=3, c="black", alpha=0.6, linewidths=0)
-        m = r["metrics"]
-        ax.set_title(f"{name}: cov {m['cov1']:.2f}/{m['cov2']:.2f}, both-high {m['frac_both_high']:.2f}",
-                     fontsize=8)
-        ax.set_xlim(float(lo[0]), float(hi[0]))
-        ax.set_ylim(float(lo[1]), float(hi[1]))
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle("SuperDiff samples (black) over part 1 (blue) and part 2 (orange)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_dlogq_histograms(results: dict, path: Path, *, clip: float = 60.0) -> None:
-    """Histograms of the exact log q1 - log q2 at sigma_min per sampler (clipped to [-clip, clip])."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.0, 3.4))
-    bins = torch.linspace(-clip, clip, 81).numpy()
-    for name, r in results.items():
-        d = (r["exact"][0] - r["exact"][1]).clamp(-clip, clip).numpy()
-        ax.hist(d, bins=bins, histtype="step", linewidth=1.4, color=COLORS.get(name), label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel(f"log q1(x) - log q2(x) at sigma_min (clipped to +-{clip:g})")
-    ax.set_ylabel("samples")
-    ax.legend(fontsize=8, loc="upper center", ncol=len(results))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -62,7 +62,7 @@ def data_hash(cfg: DictConfig, n: int) -> str:
 
 def cache_enabled(cfg: DictConfig, datamodule) -> bool:
     """Whether this run uses the cache; `auto` on augmented data says once that it is off."""
-    from divlab.runner import say
+    from divlab.utils.console import say
 
     setting = cfg.distill.get("cache_teacher_logits", "auto")
     if setting not in SETTINGS:
@@ -73,22 +73,29 @@ def cache_enabled(cfg: DictConfig, datamodule) -> bool:
         return False
     if augmented is None or not has_splits:
         if setting is True:
-            raise ConfigError(f"distill.cache_teacher_logits=true needs a divlab data module that says whether "
-                              f"it augments; {type(datamodule).__name__} does not, so set it to auto or false")
+            raise ConfigError(
+                f"distill.cache_teacher_logits=true needs a divlab data module that says whether "
+                f"it augments; {type(datamodule).__name__} does not, so set it to auto or false"
+            )
         return False
     if augmented:
         if setting is True:
-            raise ConfigError(f"distill.cache_teacher_logits=true, but data={cfg.data.name} augments its training "
-                              f"images at random, so the teacher must see each batch; set it to auto or false")
-        say(f"teacher-logit cache off: data={cfg.data.name} augments its training images at random, "
-            f"so the teacher runs on every batch")
+            raise ConfigError(
+                f"distill.cache_teacher_logits=true, but data={cfg.data.name} augments its training "
+                f"images at random, so the teacher must see each batch; set it to auto or false"
+            )
+        say(
+            f"teacher-logit cache off: data={cfg.data.name} augments its training images at random, "
+            f"so the teacher runs on every batch"
+        )
         return False
     return True
 
 
 @torch.no_grad()
-def compute_logits(teacher: nn.Module, dataset: Dataset, *, batch_size: int = 512,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
+def compute_logits(
+    teacher: nn.Module, dataset: Dataset, *, batch_size: int = 512, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """(N, K) float32 logits of `teacher` (eval mode) on `dataset` in index order."""
     teacher.eval()
     out = []
@@ -97,8 +104,9 @@ def compute_logits(teacher: nn.Module, dataset: Dataset, *, batch_size: int = 51
     return torch.cat(out)
 
 
-def cached_logits(cfg: DictConfig, teacher: nn.Module, dataset: Dataset, *,
-                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, Path, bool]:
+def cached_logits(
+    cfg: DictConfig, teacher: nn.Module, dataset: Dataset, *, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, Path, bool]:
     """(logits, cache file, whether it was a hit): loads the file, or computes and writes it under a lock."""
     key = f"{weights_hash(teacher)}-{data_hash(cfg, len(dataset))}"
     path = Path(cfg.paths.teacher_dir) / "logits" / f"{key}.pt"

@@ -7,8 +7,22 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 # Keys that change where or how a run is logged, not what it computes.
-RUN_HASH_EXCLUDE = ("paths", "logger", "callbacks", "seed", "rerun", "print_config", "run_dir",
-                    "experiment_name", "optimized_metric", "hydra")
+RUN_HASH_EXCLUDE = (
+    "paths",
+    "logger",
+    "callbacks",
+    "seed",
+    "rerun",
+    "print_config",
+    "run_dir",
+    "experiment_name",
+    "optimized_metric",
+    "hydra",
+    "threads",
+    "compile",
+)
+# Keys, at any depth, that name where something is stored, not what is computed (a model's conversion cache).
+PATH_KEYS = ("cache_dir",)
 # Groups a task reads only when its config lists them in `task.uses`.
 OPTIONAL_GROUPS = ("student", "teacher", "divergence", "distill")
 
@@ -16,6 +30,15 @@ OPTIONAL_GROUPS = ("student", "teacher", "divergence", "distill")
 def stable_hash(obj: Any, length: int = 10) -> str:
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def drop_path_keys(obj: Any) -> Any:
+    """obj (plain containers) without the PATH_KEYS entries of its mappings, at any depth."""
+    if isinstance(obj, dict):
+        return {k: drop_path_keys(v) for k, v in obj.items() if k not in PATH_KEYS}
+    if isinstance(obj, list):
+        return [drop_path_keys(v) for v in obj]
+    return obj
 
 
 def prune_unused(cfg: DictConfig) -> DictConfig:
@@ -30,10 +53,27 @@ def prune_unused(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def drop_recipe_builders(obj: Any) -> Any:
+    """A copy of a config container without the `builder` of any trained-once recipe (`<...>.train.builder`:
+    teacher, judge, image-metric classifier): it names code, not what is computed, so it is in no hash."""
+    if isinstance(obj, dict):
+        return {
+            k: (
+                {kk: drop_recipe_builders(vv) for kk, vv in v.items() if kk != "builder"}
+                if k == "train" and isinstance(v, dict)
+                else drop_recipe_builders(v)
+            )
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        return [drop_recipe_builders(v) for v in obj]
+    return obj
+
+
 def run_config_hash(cfg: DictConfig) -> str:
     """Hash of the resolved config minus logging/paths keys and the groups the task does not use."""
     cfg = prune_unused(cfg.copy())
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = drop_path_keys(drop_recipe_builders(OmegaConf.to_container(cfg, resolve=True)))
     drop = set(RUN_HASH_EXCLUDE) | {k for k in OPTIONAL_GROUPS if container.get(k) is None}
     trainer = dict(container.get("trainer") or {})
     trainer.pop("enable_progress_bar", None)
@@ -42,11 +82,19 @@ def run_config_hash(cfg: DictConfig) -> str:
 
 
 def teacher_hash(cfg: DictConfig) -> str:
-    """Hash of what determines a trained teacher: its architecture, the data and its recipe."""
+    """Hash of what determines a trained teacher: its architecture, the data and its recipe. The recipe's
+    `builder` (the function that trains it, named by its import path) is code, like divlab's version,
+    and not part of the hash: moving a builder must not retrain every cached teacher."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data.get("datamodule", {}).pop("num_workers", None)
-    return stable_hash({
-        "model": OmegaConf.to_container(cfg.teacher.model, resolve=True),
-        "data": data,
-        "train": OmegaConf.to_container(cfg.teacher.train, resolve=True),
-    })
+    train = OmegaConf.to_container(cfg.teacher.train, resolve=True)
+    train.pop("builder", None)
+    return stable_hash(
+        drop_path_keys(
+            {
+                "model": OmegaConf.to_container(cfg.teacher.model, resolve=True),
+                "data": data,
+                "train": train,
+            }
+        )
+    )

@@ -5,8 +5,20 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.tree import Tree
 
-ORDER = ("task", "data", "teacher", "student", "divergence", "distill", "optimizer", "scheduler",
-         "trainer", "logger", "callbacks", "paths")
+ORDER = (
+    "task",
+    "data",
+    "teacher",
+    "student",
+    "divergence",
+    "distill",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "logger",
+    "callbacks",
+    "paths",
+)
 
 
 def print_config_tree(cfg: DictConfig) -> None:

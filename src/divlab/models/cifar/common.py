@@ -4,14 +4,20 @@ import torch
 from torch import nn
 
 
-def conv_bn(c_in: int, c_out: int, *,
-            kernel: int = 3,     # square kernel; padding keeps the size at stride 1
-            stride: int = 1,
-            groups: int = 1,     # c_in for a depthwise conv
-            relu: bool = True,   # False for a linear (pre-sum) output
-            ) -> nn.Sequential:
+def conv_bn(
+    c_in: int,
+    c_out: int,
+    *,
+    kernel: int = 3,  # square kernel; padding keeps the size at stride 1
+    stride: int = 1,
+    groups: int = 1,  # c_in for a depthwise conv
+    relu: bool = True,  # False for a linear (pre-sum) output
+) -> nn.Sequential:
     """Conv (no bias) -> BatchNorm [-> ReLU]. ReLU is never in place, so a hooked BN output stays pre-activation."""
-    layers = [nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(c_out)]
+    layers = [
+        nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(c_out),
+    ]
     return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
 
 
@@ -27,10 +33,12 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reference_init(model: nn.Module, *,
-                   linear_std: float | None = None,  # N(0, std) Linear weights (VGG, MobileNetV2); None: PyTorch default
-                   linear_zero_bias: bool = False,   # zero Linear biases (implied by linear_std)
-                   ) -> None:
+def reference_init(
+    model: nn.Module,
+    *,
+    linear_std: float | None = None,  # N(0, std) Linear weights (VGG, MobileNetV2); None: PyTorch default
+    linear_zero_bias: bool = False,  # zero Linear biases (implied by linear_std)
+) -> None:
     """The initialisation of the reference CIFAR code: He-normal convs (fan_out, i.e. N(0, 2 / (k*k*c_out))),
     zero conv biases, BatchNorm weight 1 and bias 0."""
     for m in model.modules():

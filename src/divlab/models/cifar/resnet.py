@@ -22,24 +22,31 @@ class BasicBlock(nn.Module):
         self.conv1 = conv_bn(c_in, c_out, stride=stride)
         self.conv2 = conv_bn(c_out, c_out, relu=False)
         reshape = stride != 1 or c_in != c_out
-        self.shortcut = conv_bn(c_in, c_out, kernel=1, stride=stride, relu=False) if reshape else nn.Identity()
+        self.shortcut = (
+            conv_bn(c_in, c_out, kernel=1, stride=stride, relu=False) if reshape else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
 
 
 def _stage(c_in: int, c_out: int, n: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(*[BasicBlock(c_in if i == 0 else c_out, c_out, stride=stride if i == 0 else 1) for i in range(n)])
+    return nn.Sequential(
+        *[BasicBlock(c_in if i == 0 else c_out, c_out, stride=stride if i == 0 else 1) for i in range(n)]
+    )
 
 
 class CifarResNet(nn.Module):
     feature_names = ("stage1", "stage2", "stage3", "pool")  # 32x32, 16x16, 8x8 maps; pooled vector
 
-    def __init__(self, *,
-                 depth: int,              # 6n + 2: 8, 14, 20, 32, 44, 56, 110
-                 widths: Sequence[int],   # (stem, stage1, stage2, stage3) channels
-                 num_classes: int,        # size of the logits
-                 in_channels: int = 3):   # 1 for grey images (e.g. Fashion-MNIST)
+    def __init__(
+        self,
+        *,
+        depth: int,  # 6n + 2: 8, 14, 20, 32, 44, 56, 110
+        widths: Sequence[int],  # (stem, stage1, stage2, stage3) channels
+        num_classes: int,  # size of the logits
+        in_channels: int = 3,
+    ):  # 1 for grey images (e.g. Fashion-MNIST)
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (8, 14, 20, ...), got {depth}")

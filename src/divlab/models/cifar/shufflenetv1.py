@@ -15,10 +15,15 @@ class ShuffleUnit(nn.Module):
     """1x1 group conv -> shuffle -> 3x3 depthwise -> 1x1 group conv, then relu(branch + x) or, at stride 2,
     relu(cat(branch, avgpool(x))) so the unit outputs c_out channels either way."""
 
-    def __init__(self, c_in: int, c_out: int, *,
-                 stride: int,
-                 groups: int,        # groups of both 1x1 convs
-                 first_groups: int):  # groups of the first 1x1 conv (1 on the 24-channel stem output)
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        *,
+        stride: int,
+        groups: int,  # groups of both 1x1 convs
+        first_groups: int,
+    ):  # groups of the first 1x1 conv (1 on the 24-channel stem output)
         super().__init__()
         branch = c_out - c_in if stride == 2 else c_out
         mid = branch // 4
@@ -37,18 +42,29 @@ class ShuffleUnit(nn.Module):
 class ShuffleNetV1(nn.Module):
     feature_names = ("stage1", "stage2", "stage3", "pool")  # unit outputs; pooled vector
 
-    def __init__(self, *,
-                 num_classes: int,                       # size of the logits
-                 widths: tuple = (240, 480, 960),        # stage output channels (g = 3)
-                 depths: tuple = (4, 8, 4),              # units per stage
-                 groups: int = 3):                       # g
+    def __init__(
+        self,
+        *,
+        num_classes: int,  # size of the logits
+        widths: tuple = (240, 480, 960),  # stage output channels (g = 3)
+        depths: tuple = (4, 8, 4),  # units per stage
+        groups: int = 3,
+    ):  # g
         super().__init__()
         self.num_classes = num_classes
         c_in = 24
         self.stem = conv_bn(3, c_in, kernel=1)
         for s, (c_out, n) in enumerate(zip(widths, depths), start=1):
-            units = [ShuffleUnit(c_in if i == 0 else c_out, c_out, stride=2 if i == 0 else 1, groups=groups,
-                                 first_groups=1 if (s, i) == (1, 0) else groups) for i in range(n)]
+            units = [
+                ShuffleUnit(
+                    c_in if i == 0 else c_out,
+                    c_out,
+                    stride=2 if i == 0 else 1,
+                    groups=groups,
+                    first_groups=1 if (s, i) == (1, 0) else groups,
+                )
+                for i in range(n)
+            ]
             setattr(self, f"stage{s}", nn.Sequential(*units))
             c_in = c_out
         self.pool = global_pool()

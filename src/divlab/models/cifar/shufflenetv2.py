@@ -16,9 +16,11 @@ class SplitUnit(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         half = channels // 2
-        self.branch = nn.Sequential(conv_bn(half, half, kernel=1),
-                                    conv_bn(half, half, groups=half, relu=False),
-                                    conv_bn(half, half, kernel=1))
+        self.branch = nn.Sequential(
+            conv_bn(half, half, kernel=1),
+            conv_bn(half, half, groups=half, relu=False),
+            conv_bn(half, half, kernel=1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         keep, change = x.chunk(2, dim=1)
@@ -31,11 +33,14 @@ class DownUnit(nn.Module):
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
         mid = c_out // 2
-        self.left = nn.Sequential(conv_bn(c_in, c_in, stride=2, groups=c_in, relu=False),
-                                  conv_bn(c_in, mid, kernel=1))
-        self.right = nn.Sequential(conv_bn(c_in, mid, kernel=1),
-                                   conv_bn(mid, mid, stride=2, groups=mid, relu=False),
-                                   conv_bn(mid, mid, kernel=1))
+        self.left = nn.Sequential(
+            conv_bn(c_in, c_in, stride=2, groups=c_in, relu=False), conv_bn(c_in, mid, kernel=1)
+        )
+        self.right = nn.Sequential(
+            conv_bn(c_in, mid, kernel=1),
+            conv_bn(mid, mid, stride=2, groups=mid, relu=False),
+            conv_bn(mid, mid, kernel=1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return channel_shuffle(torch.cat([self.left(x), self.right(x)], 1), 2)
@@ -44,16 +49,21 @@ class DownUnit(nn.Module):
 class ShuffleNetV2(nn.Module):
     feature_names = ("stage1", "stage2", "stage3", "pool")  # unit outputs; pooled 1024-vector
 
-    def __init__(self, *,
-                 num_classes: int,                          # size of the logits
-                 widths: tuple = (116, 232, 464, 1024),     # stage1..3 channels and the last 1x1 conv (1x size)
-                 depths: tuple = (3, 7, 3)):                # split units per stage, after its down unit
+    def __init__(
+        self,
+        *,
+        num_classes: int,  # size of the logits
+        widths: tuple = (116, 232, 464, 1024),  # stage1..3 channels and the last 1x1 conv (1x size)
+        depths: tuple = (3, 7, 3),
+    ):  # split units per stage, after its down unit
         super().__init__()
         self.num_classes = num_classes
         c_in = 24
         self.stem = conv_bn(3, c_in, kernel=1)
         for s, (c_out, n) in enumerate(zip(widths[:3], depths), start=1):
-            setattr(self, f"stage{s}", nn.Sequential(DownUnit(c_in, c_out), *[SplitUnit(c_out) for _ in range(n)]))
+            setattr(
+                self, f"stage{s}", nn.Sequential(DownUnit(c_in, c_out), *[SplitUnit(c_out) for _ in range(n)])
+            )
             c_in = c_out
         self.head = conv_bn(c_in, widths[3], kernel=1)
         self.pool = global_pool()

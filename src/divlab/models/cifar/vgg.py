@@ -21,11 +21,21 @@ VGG_STAGES = {
 
 
 class VGG(nn.Module):
-    feature_names = ("stage1", "stage2", "stage3", "stage4", "stage5", "pool")  # post-ReLU maps; pooled vector
+    feature_names = (
+        "stage1",
+        "stage2",
+        "stage3",
+        "stage4",
+        "stage5",
+        "pool",
+    )  # post-ReLU maps; pooled vector
 
-    def __init__(self, *,
-                 depth: int,         # 8, 11, 13, 16 or 19
-                 num_classes: int):  # size of the logits
+    def __init__(
+        self,
+        *,
+        depth: int,  # 8, 11, 13, 16 or 19
+        num_classes: int,
+    ):  # size of the logits
         super().__init__()
         if depth not in VGG_STAGES:
             raise ValueError(f"VGG depth must be one of {sorted(VGG_STAGES)}, got {depth}")

@@ -15,9 +15,9 @@ class PreActBlock(nn.Module):
     """conv(relu(bn(conv(relu(bn(x)))))) + shortcut. When the shape changes the shortcut is a 1x1 conv that,
     as in the reference WRN, reads the pre-activated input relu(bn(x)) rather than x."""
 
-    def __init__(self, c_in: int, c_out: int, *,
-                 stride: int = 1,
-                 drop: float = 0.0):  # dropout between the two convs (0 in every KD recipe)
+    def __init__(
+        self, c_in: int, c_out: int, *, stride: int = 1, drop: float = 0.0
+    ):  # dropout between the two convs (0 in every KD recipe)
         super().__init__()
         self.bn1 = nn.BatchNorm2d(c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
@@ -35,13 +35,21 @@ class PreActBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    feature_names = ("stage1", "stage2", "stage3", "pool")  # block outputs (before the final BN) and pooled vector
+    feature_names = (
+        "stage1",
+        "stage2",
+        "stage3",
+        "pool",
+    )  # block outputs (before the final BN) and pooled vector
 
-    def __init__(self, *,
-                 depth: int,          # 6n + 4: 16, 40, ...
-                 widen: int,          # k: stage widths 16k, 32k, 64k
-                 num_classes: int,    # size of the logits
-                 drop: float = 0.0):  # dropout inside each block
+    def __init__(
+        self,
+        *,
+        depth: int,  # 6n + 4: 16, 40, ...
+        widen: int,  # k: stage widths 16k, 32k, 64k
+        num_classes: int,  # size of the logits
+        drop: float = 0.0,
+    ):  # dropout inside each block
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth}")
@@ -50,10 +58,19 @@ class WideResNet(nn.Module):
         self.num_classes = num_classes
         self.stem = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
         for s in (1, 2, 3):
-            blocks = [PreActBlock(widths[s - 1] if i == 0 else widths[s], widths[s],
-                                  stride=(1 if s == 1 else 2) if i == 0 else 1, drop=drop) for i in range(n)]
+            blocks = [
+                PreActBlock(
+                    widths[s - 1] if i == 0 else widths[s],
+                    widths[s],
+                    stride=(1 if s == 1 else 2) if i == 0 else 1,
+                    drop=drop,
+                )
+                for i in range(n)
+            ]
             setattr(self, f"stage{s}", nn.Sequential(*blocks))
-        self.head = nn.Sequential(nn.BatchNorm2d(widths[3]), nn.ReLU())  # the last block's missing post-activation
+        self.head = nn.Sequential(
+            nn.BatchNorm2d(widths[3]), nn.ReLU()
+        )  # the last block's missing post-activation
         self.pool = global_pool()
         self.fc = nn.Linear(widths[3], num_classes)
         reference_init(self, linear_zero_bias=True)

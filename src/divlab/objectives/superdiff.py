@@ -75,21 +75,21 @@ from torch import Tensor
 from divlab.errors import ConfigError
 from divlab.models.edm import RHO, SIGMA_MAX, SIGMA_MIN, karras_sigmas
 
-Denoiser = Callable[[Tensor, Tensor], Tensor]   # D(x, sigma) -> E[x_0 | x]; sigma of shape (B,)
+Denoiser = Callable[[Tensor, Tensor], Tensor]  # D(x, sigma) -> E[x_0 | x]; sigma of shape (B,)
 
 RULES = ("fixed", "or", "and")
 
 
 @dataclass
 class SuperDiffResult:
-    x: Tensor                   # (B, d) samples at sigma_min, float64
-    log_q: Tensor               # (K, B) tracked log q^i_{sigma_min}(x) by the Ito estimator (S4)
-    kappa_mean: Tensor          # (K,) mean kappa over steps and samples (unbounded for AND: see (S6))
-    kappa_outside: float        # fraction of (step, sample) pairs with some kappa_i outside [0, 1]
-    kappa_last: Tensor          # (K, B) kappa of the last step
-    sigmas: Tensor              # (N + 1,) the noise levels walked, sigma_max ... sigma_min
-    nfe: int                    # denoiser evaluations (all models together)
-    path: list | None = None    # with record_path: [(sigma, x (B, d), log_q (K, B)), ...] at every level
+    x: Tensor  # (B, d) samples at sigma_min, float64
+    log_q: Tensor  # (K, B) tracked log q^i_{sigma_min}(x) by the Ito estimator (S4)
+    kappa_mean: Tensor  # (K,) mean kappa over steps and samples (unbounded for AND: see (S6))
+    kappa_outside: float  # fraction of (step, sample) pairs with some kappa_i outside [0, 1]
+    kappa_last: Tensor  # (K, B) kappa of the last step
+    sigmas: Tensor  # (N + 1,) the noise levels walked, sigma_max ... sigma_min
+    nfe: int  # denoiser evaluations (all models together)
+    path: list | None = None  # with record_path: [(sigma, x (B, d), log_q (K, B)), ...] at every level
 
 
 def scores(denoisers: Sequence[Denoiser], x: Tensor, sigma: Tensor) -> Tensor:
@@ -126,11 +126,12 @@ def or_kappa(log_q: Tensor, *, temperature: float, log_weights: Tensor) -> Tenso
 def and_kappa(s: Tensor, z: Tensor, h: Tensor) -> Tensor:
     """(S6): (2, B) kappa giving both models the same Ito log-density increment for this step's noise z."""
     if s.shape[0] != 2:
-        raise ConfigError(f"the AND sampler has a closed form for two models, got {s.shape[0]}; "
-                          f"give superpose two models")
+        raise ConfigError(
+            f"the AND sampler has a closed form for two models, got {s.shape[0]}; give superpose two models"
+        )
     delta = s[0] - s[1]
     norm2 = (delta**2).sum(-1)
-    agree = norm2 <= torch.finfo(norm2.dtype).tiny            # identical scores: any kappa works
+    agree = norm2 <= torch.finfo(norm2.dtype).tiny  # identical scores: any kappa works
     k1 = 0.5 - (z * delta).sum(-1) / (h.sqrt() * torch.where(agree, torch.ones_like(norm2), norm2))
     k1 = torch.where(agree, torch.full_like(k1, 0.5), k1)
     return torch.stack([k1, 1.0 - k1])
@@ -143,18 +144,22 @@ def gaussian_log_density(x: Tensor, sigma: float) -> Tensor:
 
 
 @torch.no_grad()
-def superdiff_sample(denoisers: Sequence[Denoiser], latents: Tensor, *,
-                     rule: str,                          # fixed | or | and
-                     num_steps: int = 200,               # Euler-Maruyama steps sigma_max -> sigma_min
-                     sigma_min: float = SIGMA_MIN,       # last noise level (samples are returned there)
-                     sigma_max: float = SIGMA_MAX,       # first noise level; x_0 = sigma_max * latents
-                     rho: float = RHO,                   # Karras schedule exponent
-                     kappa: Sequence[float] | None = None,       # rule=fixed: the K weights (sum 1)
-                     temperature: float = 1.0,           # rule=or: T in (S5)
-                     weights: Sequence[float] | None = None,     # rule=or: mixture weights w (default 1/K)
-                     log_q_init: Tensor | None = None,   # (K, B) start values; default log N(x_0; 0, sigma_max^2)
-                     generator: torch.Generator | None = None,   # the path noise
-                     record_path: bool = False) -> SuperDiffResult:
+def superdiff_sample(
+    denoisers: Sequence[Denoiser],
+    latents: Tensor,
+    *,
+    rule: str,  # fixed | or | and
+    num_steps: int = 200,  # Euler-Maruyama steps sigma_max -> sigma_min
+    sigma_min: float = SIGMA_MIN,  # last noise level (samples are returned there)
+    sigma_max: float = SIGMA_MAX,  # first noise level; x_0 = sigma_max * latents
+    rho: float = RHO,  # Karras schedule exponent
+    kappa: Sequence[float] | None = None,  # rule=fixed: the K weights (sum 1)
+    temperature: float = 1.0,  # rule=or: T in (S5)
+    weights: Sequence[float] | None = None,  # rule=or: mixture weights w (default 1/K)
+    log_q_init: Tensor | None = None,  # (K, B) start values; default log N(x_0; 0, sigma_max^2)
+    generator: torch.Generator | None = None,  # the path noise
+    record_path: bool = False,
+) -> SuperDiffResult:
     """Reverse-SDE sampling (S2) with the models' log-densities tracked by (S4) and kappa from (S5)-(S7).
     Everything is computed in float64; `latents` (B, d) are standard normal."""
     k = len(denoisers)
@@ -179,17 +184,21 @@ def superdiff_sample(denoisers: Sequence[Denoiser], latents: Tensor, *,
         raise ConfigError(f"OR weights must be {k} positive numbers, got {weights!r}")
     log_w = (w / w.sum()).log().to(latents.device)
 
-    sigmas = karras_sigmas(num_steps + 1, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
-                           device=latents.device, dtype=f64)[:-1]          # drop the final 0
+    sigmas = karras_sigmas(
+        num_steps + 1, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, device=latents.device, dtype=f64
+    )[:-1]  # drop the final 0
     x = latents.to(f64) * sigmas[0]
-    log_q = (gaussian_log_density(x, sigma_max).expand(k, -1).clone() if log_q_init is None
-             else log_q_init.to(f64).clone())
+    log_q = (
+        gaussian_log_density(x, sigma_max).expand(k, -1).clone()
+        if log_q_init is None
+        else log_q_init.to(f64).clone()
+    )
     kappa_sum = torch.zeros(k, dtype=f64, device=x.device)
     outside = 0
     path = [(float(sigmas[0]), x.clone(), log_q.clone())] if record_path else None
     for s_cur, s_next in zip(sigmas[:-1], sigmas[1:]):
-        s = scores(denoisers, x, s_cur)                                    # (K, B, d)
-        h = s_cur**2 - s_next**2                                           # integral of g^2 over the step
+        s = scores(denoisers, x, s_cur)  # (K, B, d)
+        h = s_cur**2 - s_next**2  # integral of g^2 over the step
         z = torch.randn(x.shape, generator=generator, dtype=f64, device="cpu").to(x.device)
         if rule == "fixed":
             kap = fixed
@@ -197,7 +206,7 @@ def superdiff_sample(denoisers: Sequence[Denoiser], latents: Tensor, *,
             kap = or_kappa(log_q, temperature=temperature, log_weights=log_w)
         else:
             kap = and_kappa(s, z, h)
-        dx = h * (kap[:, :, None] * s).sum(0) + h.sqrt() * z                # (S4)
+        dx = h * (kap[:, :, None] * s).sum(0) + h.sqrt() * z  # (S4)
         log_q = log_q + ito_increment(dx, s, h)
         x = x + dx
         kappa_sum += kap.mean(1)
@@ -205,6 +214,13 @@ def superdiff_sample(denoisers: Sequence[Denoiser], latents: Tensor, *,
         if record_path:
             path.append((float(s_next), x.clone(), log_q.clone()))
     steps = len(sigmas) - 1
-    return SuperDiffResult(x=x, log_q=log_q, kappa_mean=kappa_sum / steps,
-                           kappa_outside=outside / (steps * x.shape[0]), kappa_last=kap, sigmas=sigmas,
-                           nfe=steps * k, path=path)
+    return SuperDiffResult(
+        x=x,
+        log_q=log_q,
+        kappa_mean=kappa_sum / steps,
+        kappa_outside=outside / (steps * x.shape[0]),
+        kappa_last=kap,
+        sigmas=sigmas,
+        nfe=steps * k,
+        path=path,
+    )

@@ -24,11 +24,21 @@ under DDP), so E[h] = 1 and the step size does not depend on f.
 
 The time weight is DMD's (Yin et al. 2024, Sec. 3.2): w = 1 / mean_dims |x_g - D_p(x_t; sigma)| on the
 x0-prediction difference sigma^2 (s_q - s_p) = D_q - D_p, and the gradient is applied through the
-pseudo-target loss 0.5 |x_g - sg(x_g - grad)|^2 whose gradient w.r.t. x_g is exactly `grad`.
+pseudo-target loss 0.5 |x_g - sg(x_g - grad)|^2 whose gradient w.r.t. x_g is `grad` up to the reduction.
+
+Reduction (`one_step.reduction`): "mean" (default) follows FastGen's variational_score_distillation_loss,
+0.5 * mse(x_g, target) averaged over the batch AND the D data dimensions, so d loss / d x_g = grad / (B D);
+"sum" sums over the D dimensions and averages over the batch (divlab's earlier convention, gradient
+grad / B). The reduction fixes what `gan_weight` means relative to the distillation term: at the same
+gan_weight, "sum" weights the GAN term D times less (D = 2 on the ring, 64 on 8x8 digits). The SiD/SIM
+term uses the same reduction so both terms of uni_instruct stay on one scale.
 
 Objectives (`one_step.objective`):
-- fdistill:      the gradient above, optionally + gan_weight * softplus(-logit) (DMD2 / f-distill's GAN
-                 term: non-saturating GAN on the discriminator of noised generator samples).
+- fdistill:      the gradient above + gan_weight * softplus(-logit) (DMD2 / f-distill's GAN term:
+                 non-saturating GAN on the discriminator of noised generator samples). FastGen's f-distill
+                 requires the GAN term (gan_loss_weight_gen > 0; 1e-3 in its default and CIFAR-10
+                 configs, 3e-3 for ImageNet-64), so `one_step.gan_weight` defaults to 1e-3; 0 gives the
+                 pure f-divergence gradient (the "no GAN" variant).
 - diff_instruct: Diff-Instruct (Luo et al. 2023, integral-KL gradient): h = 1 and the plain
                  weight w(sigma) sigma^2, i.e. grad = D_q - D_p without DMD's per-sample normaliser.
 - sid:           Score identity Distillation (Zhou et al. 2024), generator loss with gradients through
@@ -36,10 +46,15 @@ Objectives (`one_step.objective`):
                      L = (1 - alpha) |D_p - D_q|^2 + (D_p - D_q)^T (D_q - x_g),  weighted by w;  alpha = 1.2.
 - uni_instruct:  Uni-Instruct (Wang et al. 2025): the gradient of the expanded f-divergence is a
                  combination of the Diff-Instruct gradient (Grad(DI)) and the score-implicit-matching
-                 gradient (Grad(SIM)); divlab weights both terms per sample by the normalised h(r) of
-                 the chosen f: L = h * L_DI + sim_weight * h * L_SIM, with L_SIM the SiD-form loss
-                 above. NOTE: this is divlab's reading of the paper's gradient-equivalence theorem;
-                 the exact per-term weights were not checked against the paper offline.
+                 gradient (Grad(SIM)) with scalar weights, lambda_DI Grad(DI) + lambda_SIM Grad(SIM).
+                 `uni_instruct_form`:
+                   paper       (default) L = di_weight * L_DI + sim_weight * L_SIM, scalar weights, L_DI
+                               the DMD-normalised DI pseudo-target loss, L_SIM the SiD-form loss above;
+                               h(r) (hence the divergence) enters neither term.
+                   h_weighted  divlab's earlier variant: both terms weighted per sample by the
+                               normalised h(r) of the chosen f, L = di_weight * h L_DI + sim_weight * h L_SIM.
+                 NOTE: the scalar form follows the issue's reading of the paper's gradient; the paper's
+                 equations could not be opened on this offline machine.
 
 Equation numbers of the papers could not be checked on this offline machine; the comments name
 sections and quantities instead.
@@ -54,13 +69,31 @@ from torch import Tensor, nn
 from divlab.errors import ConfigError
 
 OBJECTIVES = ("fdistill", "diff_instruct", "sid", "uni_instruct")
-LOGIT_CLAMP = 10.0   # |logit| <= 10 before exp (FastGen f_distill.py)
+REDUCTIONS = ("mean", "sum")  # over data dimensions: FastGen's mean, or divlab's earlier sum
+UNI_FORMS = ("paper", "h_weighted")  # uni_instruct: scalar weights (paper) or per-sample h(r) on both terms
+LOGIT_CLAMP = 10.0  # |logit| <= 10 before exp (FastGen f_distill.py)
 
 
 def check_objective(name: str) -> str:
     if name not in OBJECTIVES:
         raise ConfigError(f"one_step.objective={name!r} is not known; choose one of {', '.join(OBJECTIVES)}")
     return name
+
+
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"one_step.{key}={value!r} is not known; choose one of {', '.join(choices)}")
+    return value
+
+
+def reduce_dims(per_element: Tensor, reduction: str) -> Tensor:
+    """Per-sample reduction over the data dimensions: mean (FastGen) or sum; shape (B,)."""
+    flat = per_element.flatten(1)
+    if reduction == "mean":
+        return flat.mean(1)
+    if reduction == "sum":
+        return flat.sum(1)
+    raise ConfigError(f"one_step.reduction={reduction!r} is not known; choose one of {', '.join(REDUCTIONS)}")
 
 
 def all_reduce_sum(t: Tensor) -> Tensor:
@@ -86,16 +119,27 @@ class RatioNormalizer(nn.Module):
     Stage 2: h <- h(r) / mean(h(r)) over the global batch (all-reduced), so mean(h) = 1.
     """
 
-    def __init__(self, *,
-                 num_bins: int = 10,           # bins of ln sigma
-                 log_sigma_min: float = -4.8,  # bin range of ln sigma (values outside go to the end bins)
-                 log_sigma_max: float = 2.4,
-                 ema_rate: float = 0.0,        # m_b <- ema_rate m_b + (1 - ema_rate) batch mean
-                 eps: float = 1e-6):
+    def __init__(
+        self,
+        *,
+        num_bins: int = 10,  # bins of ln sigma
+        log_sigma_min: float = -4.8,  # bin range of ln sigma (values outside go to the end bins)
+        log_sigma_max: float = 2.4,
+        ema_rate: float = 0.0,  # m_b <- ema_rate m_b + (1 - ema_rate) batch mean
+        eps: float = 1e-6,
+    ):
         super().__init__()
         if num_bins < 1 or not 0.0 <= ema_rate < 1.0 or not log_sigma_max > log_sigma_min:
-            raise ConfigError("one_step.ratio needs num_bins >= 1, 0 <= ema_rate < 1 and log_sigma_max > log_sigma_min")
-        self.num_bins, self.lo, self.hi, self.ema_rate, self.eps = num_bins, log_sigma_min, log_sigma_max, ema_rate, eps
+            raise ConfigError(
+                "one_step.ratio needs num_bins >= 1, 0 <= ema_rate < 1 and log_sigma_max > log_sigma_min"
+            )
+        self.num_bins, self.lo, self.hi, self.ema_rate, self.eps = (
+            num_bins,
+            log_sigma_min,
+            log_sigma_max,
+            ema_rate,
+            eps,
+        )
         self.register_buffer("bins", torch.ones(num_bins))
 
     def bin_index(self, sigma: Tensor) -> Tensor:
@@ -133,14 +177,16 @@ def expand(w: Tensor, x: Tensor) -> Tensor:
     return w.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-def pseudo_target_loss(x_g: Tensor, grad: Tensor) -> Tensor:
-    """0.5 |x_g - sg(x_g - grad)|^2 summed over dims, mean over the batch: d/dx_g = grad."""
+def pseudo_target_loss(x_g: Tensor, grad: Tensor, *, reduction: str = "mean") -> Tensor:
+    """0.5 |x_g - sg(x_g - grad)|^2, mean over the batch; over the D dims a mean (FastGen:
+    0.5 * mse(..., reduction="mean"), d/dx_g = grad / (B D)) or a sum (d/dx_g = grad / B)."""
     target = (x_g - grad).detach()
-    return 0.5 * ((x_g - target) ** 2).flatten(1).sum(1).mean()
+    return 0.5 * reduce_dims((x_g - target) ** 2, reduction).mean()
 
 
-def score_difference_grad(x_g: Tensor, teacher_x0: Tensor, fake_x0: Tensor, h: Tensor | None, *,
-                          dmd_normalise: bool = True) -> Tensor:
+def score_difference_grad(
+    x_g: Tensor, teacher_x0: Tensor, fake_x0: Tensor, h: Tensor | None, *, dmd_normalise: bool = True
+) -> Tensor:
     """The f-distill gradient on x_g: h w (D_q - D_p) = h w sigma^2 (s_q - s_p) (f-distill gradient with DMD's w)."""
     grad = (fake_x0 - teacher_x0).detach()
     if dmd_normalise:
@@ -150,11 +196,20 @@ def score_difference_grad(x_g: Tensor, teacher_x0: Tensor, fake_x0: Tensor, h: T
     return grad
 
 
-def sid_loss(x_g: Tensor, teacher_x0: Tensor, fake_x0: Tensor, *, alpha: float, h: Tensor | None = None) -> Tensor:
+def sid_loss(
+    x_g: Tensor,
+    teacher_x0: Tensor,
+    fake_x0: Tensor,
+    *,
+    alpha: float,
+    h: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
     """SiD generator loss (1 - alpha)|D_p - D_q|^2 + (D_p - D_q)^T (D_q - x_g), DMD-normalised per sample,
-    optionally weighted by h; gradients flow through x_t into D_p and D_q (their weights are not stepped)."""
+    optionally weighted by h, reduced over dims like the pseudo-target loss; gradients flow through x_t
+    into D_p and D_q (their weights are not stepped)."""
     diff = teacher_x0 - fake_x0
-    per = ((1 - alpha) * diff**2 + diff * (fake_x0 - x_g)).flatten(1).sum(1)
+    per = reduce_dims((1 - alpha) * diff**2 + diff * (fake_x0 - x_g), reduction)
     w = dmd_weight(x_g, teacher_x0).flatten(1)[:, 0]
     if h is not None:
         w = w * h
@@ -171,17 +226,33 @@ def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
 
 
-def generator_loss(objective: str, *, x_g: Tensor, teacher_x0: Tensor, fake_x0: Tensor, h: Tensor | None,
-                   alpha: float = 1.2, sim_weight: float = 1.0) -> Tensor:
+def generator_loss(
+    objective: str,
+    *,
+    x_g: Tensor,
+    teacher_x0: Tensor,
+    fake_x0: Tensor,
+    h: Tensor | None,
+    alpha: float = 1.2,
+    sim_weight: float = 1.0,
+    di_weight: float = 1.0,
+    reduction: str = "mean",
+    uni_instruct_form: str = "paper",
+) -> Tensor:
     """The distillation term of the generator loss (without the GAN term); `teacher_x0` / `fake_x0` carry
     gradients to x_t only for sid and uni_instruct."""
+    red = check_choice("reduction", reduction, REDUCTIONS)
     if objective == "fdistill":
-        return pseudo_target_loss(x_g, score_difference_grad(x_g, teacher_x0, fake_x0, h))
+        return pseudo_target_loss(x_g, score_difference_grad(x_g, teacher_x0, fake_x0, h), reduction=red)
     if objective == "diff_instruct":
-        return pseudo_target_loss(x_g, score_difference_grad(x_g, teacher_x0, fake_x0, None, dmd_normalise=False))
+        grad = score_difference_grad(x_g, teacher_x0, fake_x0, None, dmd_normalise=False)
+        return pseudo_target_loss(x_g, grad, reduction=red)
     if objective == "sid":
-        return sid_loss(x_g, teacher_x0, fake_x0, alpha=alpha)
+        return sid_loss(x_g, teacher_x0, fake_x0, alpha=alpha, reduction=red)
     if objective == "uni_instruct":
-        di = pseudo_target_loss(x_g, score_difference_grad(x_g, teacher_x0, fake_x0, h))
-        return di + sim_weight * sid_loss(x_g, teacher_x0, fake_x0, alpha=alpha, h=h)
+        hw = h if check_choice("uni_instruct_form", uni_instruct_form, UNI_FORMS) == "h_weighted" else None
+        di = pseudo_target_loss(x_g, score_difference_grad(x_g, teacher_x0, fake_x0, hw), reduction=red)
+        return di_weight * di + sim_weight * sid_loss(
+            x_g, teacher_x0, fake_x0, alpha=alpha, h=hw, reduction=red
+        )
     raise ConfigError(f"one_step.objective={objective!r} is not known; choose one of {', '.join(OBJECTIVES)}")

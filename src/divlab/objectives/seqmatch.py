@@ -30,6 +30,15 @@ with c = 2 alpha / g''(1) (g''(1) = `weight(1)` of the library member):
                            Taylor polynomial, so the loss stays finite.
 tests/unit/test_seqmatch_loss.py checks each g* against the Legendre transform of the library's f.
 
+The state after `<bs>` (`seqmatch.bs_state`):
+  conditioned  (default, divlab's earlier convention) `<bs>` is fed to the model: s' = prefix + `<bs>`,
+               so V(s') and Q(s', a) come from logits that know a deletion just happened.
+  popped       the paper's reference semantics: the backspace pops the KV cache and returns to the
+               shortened prefix, s' = prefix, so V(s') = V(prefix) and Q(s', a) = Q(prefix, a).
+               `soft_q_transitions(..., state_index=backspace_state_index(...))` takes each state's
+               logits from the prefix's last token (one forward pass; tests check it against a
+               per-state recomputation), and the sampler uses the same rule.
+
 Noise and backspace (the data side of the backspace action): before each action of a data
 sequence, with probability p_noise, insert a random token (uniform over `noise_ids` other than the
 true next token) followed by `<bs>`. The noise token is never a target; `<bs>` is the target after
@@ -47,6 +56,7 @@ from torch import Tensor
 from divlab.errors import ConfigError
 
 REGULARISERS = ("chi2_mixture", "forward_kl", "js")
+BS_STATES = ("conditioned", "popped")  # the state after <bs>: prefix + <bs> (divlab) | prefix (the paper)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -55,12 +65,12 @@ REGULARISERS = ("chi2_mixture", "forward_kl", "js")
 def add_noise_and_backspace(
     tokens: Tensor,
     *,
-    prompt_len: Tensor,         # (B,) leading tokens that get no noise (the given prompt)
-    length: Tensor,             # (B,) real tokens per row
-    p_noise: float,             # probability of a (noise, <bs>) pair before each action
-    noise_ids: Tensor,          # (K,) token ids a noise token is drawn from, K >= 2
-    bs_id: int,                 # <bs>
-    pad_id: int,                # fills the tail of the new rows
+    prompt_len: Tensor,  # (B,) leading tokens that get no noise (the given prompt)
+    length: Tensor,  # (B,) real tokens per row
+    p_noise: float,  # probability of a (noise, <bs>) pair before each action
+    noise_ids: Tensor,  # (K,) token ids a noise token is drawn from, K >= 2
+    bs_id: int,  # <bs>
+    pad_id: int,  # fills the tail of the new rows
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(tokens, length, is_noise) of the noised rows; is_noise (B, T') marks the inserted noise tokens."""
@@ -76,7 +86,7 @@ def add_noise_and_backspace(
         out, noise = row[:p], [False] * p
         for j, tok in enumerate(row[p:], start=p):
             if u[r][j] < p_noise:
-                choices = [n for n in pool if n != tok]     # never the true token
+                choices = [n for n in pool if n != tok]  # never the true token
                 out += [choices[int(pick[r][j] * len(choices))], bs_id]
                 noise += [True, False]
             out.append(tok)
@@ -100,24 +110,38 @@ def add_noise_and_backspace(
 class Transitions:
     """Per-transition soft-Q quantities of a batch of sequences, (B, T-1) each; t -> t+1 is one action."""
 
-    r: Tensor        # (SM2) implied reward
-    v: Tensor        # V(s_t)
-    v_next: Tensor   # V(s_{t+1}), 0 after <eos>
-    nll: Tensor      # -log pi(a_t | s_t) = V(s_t) - Q(s_t, a_t)
-    mask: Tensor     # bool: the transition counts
+    r: Tensor  # (SM2) implied reward
+    v: Tensor  # V(s_t)
+    v_next: Tensor  # V(s_{t+1}), 0 after <eos>
+    nll: Tensor  # -log pi(a_t | s_t) = V(s_t) - Q(s_t, a_t)
+    mask: Tensor  # bool: the transition counts
 
 
-def soft_q_transitions(logits: Tensor, tokens: Tensor, mask: Tensor, *, eos_id: int, gamma: float) -> Transitions:
-    """(SM1)-(SM2) for logits (B, T, V) of tokens (B, T); mask (B, T-1) selects the counted actions."""
-    v_all = logits.logsumexp(dim=-1)                                   # (SM1) V(s_t), (B, T)
+def soft_q_transitions(
+    logits: Tensor,
+    tokens: Tensor,
+    mask: Tensor,
+    *,
+    eos_id: int,
+    gamma: float,
+    state_index: Tensor | None = None,
+) -> Transitions:
+    """(SM1)-(SM2) for logits (B, T, V) of tokens (B, T); mask (B, T-1) selects the counted actions.
+    state_index (B, T): the position whose logits are the state after each position (bs_state=popped,
+    from divlab.models.gpt_cache.backspace_state_index); None: every position is its own state."""
+    if state_index is not None:
+        logits = logits.gather(1, state_index[..., None].expand(-1, -1, logits.shape[-1]))
+    v_all = logits.logsumexp(dim=-1)  # (SM1) V(s_t), (B, T)
     actions = tokens[:, 1:]
-    q = logits[:, :-1].gather(-1, actions.clamp(min=0)[..., None])[..., 0]   # (SM1) Q(s_t, a_t)
+    q = logits[:, :-1].gather(-1, actions.clamp(min=0)[..., None])[..., 0]  # (SM1) Q(s_t, a_t)
     v, v_next = v_all[:, :-1], torch.where(actions == eos_id, torch.zeros_like(v_all[:, 1:]), v_all[:, 1:])
-    return Transitions(r=q - gamma * v_next, v=v, v_next=v_next, nll=v - q, mask=mask)   # (SM2)
+    return Transitions(r=q - gamma * v_next, v=v, v_next=v_next, nll=v - q, mask=mask)  # (SM2)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum() / mask.sum().clamp(min=1)
+    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum() / mask.sum().clamp(
+        min=1
+    )
 
 
 class MixtureRegulariser:
@@ -126,22 +150,23 @@ class MixtureRegulariser:
     def __init__(
         self,
         *,
-        divergence,          # a divlab f-divergence (chi2_mixture, forward_kl or js)
+        divergence,  # a divlab f-divergence (chi2_mixture, forward_kl or js)
         alpha: float = 0.5,  # curvature psi''(0) = 1 / (2 alpha); chi^2: psi = r^2 / (4 alpha)
     ) -> None:
         name = getattr(divergence, "name", type(divergence).__name__)
         if name not in REGULARISERS:
-            raise ConfigError(f"divergence={name} has no SequenceMatch regulariser; choose one of "
-                              f"{', '.join(REGULARISERS)}")
+            raise ConfigError(
+                f"divergence={name} has no SequenceMatch regulariser; choose one of {', '.join(REGULARISERS)}"
+            )
         if not (isinstance(alpha, (int, float)) and alpha > 0 and math.isfinite(alpha)):
             raise ConfigError(f"seqmatch.alpha must be a number > 0, got {alpha!r}")
         from divlab.divergences import get_divergence
 
         self.name, self.alpha = name, float(alpha)
         base = get_divergence("pearson_chi2") if name == "chi2_mixture" else divergence
-        curvature = float(base.weight(torch.tensor(1.0, dtype=torch.float64)))   # g''(1) = h(1)
+        curvature = float(base.weight(torch.tensor(1.0, dtype=torch.float64)))  # g''(1) = h(1)
         self.c = 2 * self.alpha / curvature
-        self.t_max = 0.95 * 0.5 * math.log(2.0) if name == "js" else math.inf   # JS: g* finite below log(2)/2
+        self.t_max = 0.95 * 0.5 * math.log(2.0) if name == "js" else math.inf  # JS: g* finite below log(2)/2
 
     @staticmethod
     def conjugate(name: str, t: Tensor) -> Tensor:
@@ -150,7 +175,7 @@ class MixtureRegulariser:
             return t + t**2 / 4
         if name == "forward_kl":
             return torch.expm1(t)
-        return -0.5 * torch.log(2 - torch.exp(2 * t))                        # js
+        return -0.5 * torch.log(2 - torch.exp(2 * t))  # js
 
     def _psi_t(self, t: Tensor) -> Tensor:
         """g*(t) - t, with the JS second-order continuation past t_max."""
@@ -159,8 +184,8 @@ class MixtureRegulariser:
         t0 = torch.full((), self.t_max, dtype=t.dtype, device=t.device)
         inside = self.conjugate(self.name, torch.minimum(t, t0)) - torch.minimum(t, t0)
         e = math.exp(2 * self.t_max)
-        d1 = e / (2 - e) - 1                    # (g* - id)'(t0); g*'(t) = e^{2t} / (2 - e^{2t})
-        d2 = 4 * e / (2 - e) ** 2               # g*''(t0)
+        d1 = e / (2 - e) - 1  # (g* - id)'(t0); g*'(t) = e^{2t} / (2 - e^{2t})
+        d2 = 4 * e / (2 - e) ** 2  # g*''(t0)
         dt = (t - t0).clamp(min=0)
         return inside + d1 * dt + 0.5 * d2 * dt**2
 
@@ -174,7 +199,7 @@ def sequencematch_loss(
     *,
     regulariser: MixtureRegulariser,
     gamma: float,
-    policy_weight: float = 0.5,   # w of (SM3); without policy transitions the mixture is the data
+    policy_weight: float = 0.5,  # w of (SM3); without policy transitions the mixture is the data
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """(SM3): returns the loss and its terms (for logging)."""
     d_r = masked_mean(data.r, data.mask)

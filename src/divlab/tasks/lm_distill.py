@@ -1,0 +1,354 @@
+"""LLM distillation (`task=lm_distill`): a Hugging Face student against a frozen Hugging Face teacher.
+
+The loss is divlab.objectives.lm_distill, eq. (1): ce_weight * NLL(response) + kd_weight * D(teacher ||
+student) per response token, with any per-position divergence of the library (`divergence=`) and a
+temperature. Responses come from the data (`lm_distill.responses: data`) or from the teacher, generated
+once per (teacher, prompts, settings) and cached (`teacher`, sequence-level KD; divlab.provision.responses).
+With `lm_distill.on_policy_fraction` = lambda > 0, each training batch is, with probability lambda, replaced
+by responses the student samples to the same prompts, which the teacher scores (GKD, Agarwal et al. 2024);
+such batches have no NLL term. One code path serves every divergence and both modes.
+
+Metrics: val/loss (the student's NLL of the validation responses), val/kd; test/nll (NLL of the reference
+responses), test/nll_teacher_resp (NLL of the teacher's greedy responses), test/rougeL (greedy responses
+vs the references, ROUGE-L F x 100), test/rougeL_teacher (vs the teacher's greedy responses),
+test/teacher_nll (the teacher's NLL of the student's greedy responses), test/exact_match (arithmetic
+prompts, %), train/tokens_per_s. The test prompts' student and teacher responses go to
+<run_dir>/responses.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from divlab.errors import ConfigError
+from divlab.objectives.lm import action_mask
+from divlab.objectives.lm_distill import TokenDistillLoss, chunked_nll
+from divlab.tasks.base import DivlabTask, epoch_seed, optimizer_config
+
+
+def response_batch(prompts: list[list[int]], responses: list[list[int]], *, pad_id: int) -> dict:
+    """Right-padded LM batch (tokens, prompt_len, length) of prompt + response rows."""
+    rows = [p + r for p, r in zip(prompts, responses)]
+    width = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return {
+        "tokens": tokens,
+        "prompt_len": torch.tensor([len(p) for p in prompts]),
+        "length": torch.tensor([len(r) for r in rows]),
+    }
+
+
+def prompt_rows(batch: dict) -> list[list[int]]:
+    """The prompt ids of each row of a left-padded prompt batch (input_ids, attention_mask)."""
+    return [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+
+
+def until_eos(ids: list[int], *, eos_id: int, pad_id: int) -> list[int]:
+    """A generated row cut after its first eos (kept); pads dropped."""
+    if eos_id in ids:
+        ids = ids[: ids.index(eos_id) + 1]
+    return [i for i in ids if i != pad_id or i == eos_id]
+
+
+def check_settings(d: DictConfig) -> None:
+    """lm_distill.* values, before any model is built."""
+
+    def number(key, low, high=math.inf):
+        value = d.get(key)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not low <= value <= high
+            or not math.isfinite(value)
+        ):
+            raise ConfigError(f"lm_distill.{key} must be a number in [{low}, {high}], got {value!r}")
+        return value
+
+    number("ce_weight", 0)
+    number("kd_weight", 0)
+    number("on_policy_fraction", 0, 1)
+    if number("temperature", 0) <= 0:
+        raise ConfigError(f"lm_distill.temperature must be > 0, got {d.temperature!r}")
+    if d.ce_weight == 0 and d.kd_weight == 0:
+        raise ConfigError(
+            "lm_distill.ce_weight and lm_distill.kd_weight are both 0: nothing would be trained; "
+            "set one of them > 0"
+        )
+    if d.on_policy_fraction > 0 and d.kd_weight == 0:
+        raise ConfigError(
+            "lm_distill.on_policy_fraction > 0 needs lm_distill.kd_weight > 0: on-policy batches "
+            "are scored by the teacher only"
+        )
+    if d.responses not in ("data", "teacher"):
+        raise ConfigError(f"lm_distill.responses must be data or teacher, got {d.responses!r}")
+    for key in ("max_new_tokens", "eval_batch_size", "response_batch_size"):
+        value = d.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"lm_distill.{key} must be an integer >= 1, got {value!r}")
+    if not isinstance(d.t_squared, bool):
+        raise ConfigError(f"lm_distill.t_squared must be true or false, got {d.t_squared!r}")
+
+
+def build(cfg: DictConfig, *, datamodule=None) -> LMDistillTask:
+    """task.builder of task=lm_distill: student, frozen teacher (same tokenizer), teacher responses, loss."""
+    from divlab.models.hf import check_same_tokenizer
+    from divlab.provision.responses import teacher_responses
+    from divlab.provision.teacher import provision_teacher
+    from divlab.tasks.classify import optimization
+    from divlab.utils.checks import build as build_spec
+
+    d = cfg.lm_distill
+    check_settings(d)
+    if getattr(datamodule, "kind", None) != "instruct":
+        raise ConfigError(
+            f"task=lm_distill needs prompt/response data (data=instruct), got data={cfg.data.name}"
+        )
+    divergence = build_spec(cfg.divergence)
+    if getattr(divergence, "kind", None) != "categorical":
+        raise ConfigError(
+            f"divergence={cfg.divergence.name} is not a per-token divergence between two "
+            f"distributions; choose e.g. divergence=forward_kl"
+        )
+    student = build_spec(cfg.student.model)
+    teacher = provision_teacher(cfg, build_spec(cfg.teacher.model))
+    check_same_tokenizer(teacher, student, teacher_key="teacher.model", student_key="student.model")
+    for key, model in (("student.model", student), ("teacher.model", teacher)):
+        if model.context_length < datamodule.max_len + d.max_new_tokens:
+            raise ConfigError(
+                f"{key} has a context of {model.context_length} tokens, shorter than a prompt and "
+                f"response ({datamodule.max_len + d.max_new_tokens}); lower data.datamodule.max_*_tokens"
+            )
+    kwargs = {"max_new_tokens": d.max_new_tokens, "batch_size": d.response_batch_size}
+    if d.responses == "teacher":
+        for split in ("train", "val"):
+            datamodule.use_responses(split, teacher_responses(cfg, teacher, datamodule, split, **kwargs))
+    loss = TokenDistillLoss(
+        divergence=divergence,
+        ce_weight=d.ce_weight,
+        kd_weight=d.kd_weight,
+        temperature=d.temperature,
+        t_squared=d.t_squared,
+    )
+    return LMDistillTask(
+        model=student,
+        teacher=teacher,
+        loss=loss,
+        on_policy_fraction=d.on_policy_fraction,
+        sample_temperature=d.sample_temperature,
+        max_new_tokens=d.max_new_tokens,
+        eval_batch_size=d.eval_batch_size,
+        run_dir=cfg.get("run_dir"),
+        test_teacher_responses=teacher_responses(cfg, teacher, datamodule, "test", **kwargs),
+        **optimization(cfg),
+    )
+
+
+class LMDistillTask(DivlabTask):
+    def __init__(
+        self,
+        *,
+        model: nn.Module,  # the student, a divlab.models.hf.HFCausalLM
+        teacher: nn.Module,  # the frozen teacher (same tokenizer); outside the module tree
+        loss: TokenDistillLoss,  # eq. (1)
+        optimizer: Callable,  # partial: params -> torch.optim.Optimizer
+        scheduler: Callable | None = None,  # partial: optimizer -> LR scheduler (stepped per epoch)
+        seed: int = 0,  # reseeds torch every epoch; draws the on-policy batches
+        on_policy_fraction: float = 0.0,  # lambda: share of batches whose responses the student samples
+        sample_temperature: float = 1.0,  # temperature of those samples
+        max_new_tokens: int = 48,  # tokens sampled on-policy and generated at test time
+        eval_batch_size: int = 16,  # prompts per generation batch at test time
+        test_teacher_responses: list[str] | None = None,  # the teacher's greedy test responses
+        run_dir: str | None = None,
+    ):  # responses.jsonl goes here (rank 0); None: not written
+        super().__init__(seed=seed, task_name="lm_distill", best_metric="val/loss", best_mode="min")
+        self.model, self.loss = model, loss
+        self.hold_frozen("teacher", teacher)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.on_policy_fraction, self.sample_temperature = (
+            float(on_policy_fraction),
+            float(sample_temperature),
+        )
+        self.max_new_tokens, self.eval_batch_size = int(max_new_tokens), int(eval_batch_size)
+        self.test_teacher_responses, self.run_dir = test_teacher_responses, run_dir
+        self._tokens_seen, self._epoch_start = 0, 0.0
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self.frozen("teacher")
+
+    # ------------------------------------------------------------------ the loss of a batch
+    def response_terms(self, batch: dict, *, use_ce: bool = True) -> tuple[dict, Tensor]:
+        tokens, length = batch["tokens"], batch["length"]
+        mask = action_mask(tokens.shape, prompt_len=batch["prompt_len"], length=length)
+        attention = torch.arange(tokens.shape[1], device=tokens.device)[None] < length[:, None]
+        hidden = self.model.hidden_states(tokens, attention)[:, :-1][mask]
+        teacher_hidden = teacher_weight = None
+        if self.loss.kd_weight > 0:
+            with torch.no_grad():
+                teacher_hidden = self.teacher.hidden_states(tokens, attention)[:, :-1][mask]
+            teacher_weight = self.teacher.output_weight
+        terms = self.loss(
+            student_hidden=hidden,
+            student_weight=self.model.output_weight,
+            targets=tokens[:, 1:][mask],
+            teacher_hidden=teacher_hidden,
+            teacher_weight=teacher_weight,
+            use_ce=use_ce,
+        )
+        return terms, mask.sum()
+
+    def on_policy_now(self) -> bool:
+        if self.on_policy_fraction <= 0:
+            return False
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.global_step, self.global_rank))
+        return bool(torch.rand((), generator=g) < self.on_policy_fraction)
+
+    @torch.no_grad()
+    def student_samples(self, batch: dict) -> dict:
+        """The batch's prompts with responses the student samples (GKD's on-policy data)."""
+        prompts = [row[: int(p)].tolist() for row, p in zip(batch["tokens"], batch["prompt_len"])]
+        width = max(len(p) for p in prompts)
+        pad = self.model.pad_id
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            attention[i, width - len(p) :] = 1
+        was_training = self.model.training
+        self.model.eval()
+        new = self.model.generate(
+            ids.to(self.device),
+            attention.to(self.device),
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.sample_temperature,
+        )
+        self.model.train(was_training)
+        responses = [
+            until_eos(r, eos_id=self.model.eos_id, pad_id=pad) or [self.model.eos_id] for r in new.tolist()
+        ]
+        return {k: v.to(self.device) for k, v in response_batch(prompts, responses, pad_id=pad).items()}
+
+    # ------------------------------------------------------------------ training and validation
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self._tokens_seen, self._epoch_start = 0, time.time()
+
+    def training_step(self, batch, batch_idx):
+        on_policy = self.on_policy_now()
+        if on_policy:
+            batch = self.student_samples(batch)
+        terms, n = self.response_terms(batch, use_ce=not on_policy)
+        self._tokens_seen += int(batch["length"].sum())
+        for name in ("loss", "ce", "kd"):
+            self.track(name, terms[name], n)
+        self.track("on_policy", torch.tensor(float(on_policy)), 1)
+        return terms["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        elapsed = max(time.time() - self._epoch_start, 1e-9)
+        self.log("train/tokens_per_s", self._tokens_seen / elapsed)
+
+    def validation_step(self, batch, batch_idx):
+        terms, n = self.response_terms(batch)
+        self.log("val/loss", terms["ce"], batch_size=int(n), sync_dist=True)
+        self.log("val/kd", terms["kd"], batch_size=int(n), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        value = self.trainer.callback_metrics.get("val/loss")
+        if value is not None:
+            self.update_best(float(value))
+
+    # ------------------------------------------------------------------ test
+    def test_step(self, batch, batch_idx):
+        terms, n = self.response_terms(batch)
+        self.log("test/nll", terms["ce"], batch_size=int(n), sync_dist=True)
+
+    @torch.no_grad()
+    def nll_of(self, model: nn.Module, prompts: list[list[int]], responses: list[list[int]]) -> float:
+        """Per-token NLL of responses (ids, eos included) after their prompts under `model`."""
+        total, count = 0.0, 0
+        for lo in range(0, len(prompts), self.eval_batch_size):
+            b = response_batch(
+                prompts[lo : lo + self.eval_batch_size],
+                responses[lo : lo + self.eval_batch_size],
+                pad_id=self.model.pad_id,
+            )
+            b = {k: v.to(self.device) for k, v in b.items()}
+            mask = action_mask(b["tokens"].shape, prompt_len=b["prompt_len"], length=b["length"])
+            attention = torch.arange(b["tokens"].shape[1], device=self.device)[None] < b["length"][:, None]
+            hidden = model.hidden_states(b["tokens"], attention)[:, :-1][mask]
+            n = int(mask.sum())
+            total += float(chunked_nll(hidden, model.output_weight, b["tokens"][:, 1:][mask])) * n
+            count += n
+        return total / max(count, 1)
+
+    def on_test_epoch_end(self) -> None:
+        from divlab.metrics.generation import exact_match, rouge_l
+        from divlab.provision.responses import decode_response
+
+        dm = self.trainer.datamodule
+        examples = dm.examples("test")
+        prompts, generated = [None] * len(examples), [None] * len(examples)
+        self.model.eval()
+        with torch.no_grad():
+            for batch in dm.prompt_batches("test", batch_size=self.eval_batch_size):
+                new = self.model.generate(
+                    batch["input_ids"].to(self.device),
+                    batch["attention_mask"].to(self.device),
+                    max_new_tokens=self.max_new_tokens,
+                    temperature=0.0,
+                )
+                for i, p, row in zip(batch["index"].tolist(), prompt_rows(batch), new.tolist()):
+                    prompts[i] = p
+                    generated[i] = until_eos(row, eos_id=self.model.eos_id, pad_id=self.model.pad_id) or [
+                        self.model.eos_id
+                    ]
+        tok, eos, pad = self.model.tokenizer, self.model.eos_id, self.model.pad_id
+        texts = [decode_response(tok, g, eos_id=eos, pad_id=pad) for g in generated]
+        references = [e["response"] for e in examples]
+        metrics = {
+            "test/rougeL": rouge_l(texts, references),
+            "test/teacher_nll": self.nll_of(self.teacher, prompts, generated),
+        }
+        em = exact_match(texts, [e.get("answer") for e in examples])
+        if not math.isnan(em):
+            metrics["test/exact_match"] = 100.0 * em
+        teacher_texts = self.test_teacher_responses
+        if teacher_texts is not None:
+            metrics["test/rougeL_teacher"] = rouge_l(texts, teacher_texts)
+            teacher_ids = [
+                tok(t, add_special_tokens=False)["input_ids"][: self.max_new_tokens - 1] + [eos]
+                for t in teacher_texts
+            ]
+            metrics["test/nll_teacher_resp"] = self.nll_of(self.model, prompts, teacher_ids)
+        for key, value in metrics.items():
+            self.log(key, float(value))
+        if self.run_dir and self.global_rank == 0:
+            rows = [
+                {
+                    "prompt": e["prompt"],
+                    "reference": e["response"],
+                    "student": s,
+                    "teacher": teacher_texts[i] if teacher_texts else None,
+                }
+                for i, (e, s) in enumerate(zip(examples, texts))
+            ]
+            Path(self.run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(self.run_dir) / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def configure_optimizers(self):
+        return optimizer_config(self.model.parameters(), self.optimizer_factory, self.scheduler_factory)
+
+    def checkpoint_meta(self) -> dict:
+        return {"vocab_size": int(self.model.vocab_size)}

@@ -1,0 +1,157 @@
+"""task=lm_distill end to end on tiny random HF models (a 4-block Llama teacher, a 2-block student from its
+layers) and the embedded instruction set: off-policy, on-policy, SFT, the teacher-response cache, bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from divlab.errors import ConfigError
+from divlab.runner import run
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture
+def tiny_lmkd(tiny_llama_dir):
+    """Overrides that put the tiny local Llama where lmkd/smol_fkl has SmolLM2 (teacher, student base)."""
+    d = str(tiny_llama_dir)
+    return [
+        "experiment=lmkd/smol_fkl",
+        "teacher.model.source=local",
+        f"+teacher.model.path={d}",
+        "student.model.base.source=local",
+        f"+student.model.base.path={d}",
+        "student.model.overrides.num_hidden_layers=2",
+        "data.datamodule.n_train=16",
+        "data.datamodule.n_val=8",
+        "data.datamodule.n_test=8",
+        "data.datamodule.batch_size=4",
+        "data.datamodule.max_prompt_tokens=48",
+        "data.datamodule.max_response_tokens=12",
+        "lm_distill.eval_batch_size=8",
+        "trainer.limit_val_batches=1",
+        "callbacks=none",
+    ]
+
+
+def responses_files(outputs: Path) -> list[Path]:
+    return sorted((outputs / "responses").glob("*.jsonl"))
+
+
+def test_off_policy_forward_kl_runs_and_reuses_teacher_responses(compose_cfg, tiny_lmkd, outputs):
+    record = run(compose_cfg(*tiny_lmkd))
+    m = record["metrics"]
+    for key in (
+        "test/rougeL",
+        "test/rougeL_teacher",
+        "test/teacher_nll",
+        "test/nll_teacher_resp",
+        "test/nll",
+        "train/kd",
+        "train/tokens_per_s",
+        "val/loss",
+    ):
+        assert key in m and m[key] == m[key], key  # present and not nan
+    assert 0 <= m["test/rougeL"] <= 100 and m["train/kd"] > 0
+    files = responses_files(outputs)
+    assert [f.name.split("-")[0] for f in files] == ["test", "train", "val"]
+    rows = [json.loads(line) for line in files[1].read_text().splitlines()]
+    assert len(rows) == 16 and {"index", "prompt", "response"} <= set(rows[0])
+    stamps = [f.stat().st_mtime_ns for f in files]
+    out = Path(record["run_dir"]) / "responses.jsonl"
+    assert len(out.read_text().splitlines()) == 8
+    # another divergence: a new run, the same cached teacher responses (not regenerated)
+    record2 = run(compose_cfg(*tiny_lmkd, "divergence=reverse_kl"))
+    assert record2["run_dir"] != record["run_dir"]
+    assert [f.stat().st_mtime_ns for f in responses_files(outputs)] == stamps
+
+
+def test_on_policy_and_sft_rows(compose_cfg, tiny_lmkd, monkeypatch):
+    from divlab.tasks import lm_distill
+
+    sampled = []
+    original = lm_distill.LMDistillTask.student_samples
+
+    def spy(self, batch):
+        out = original(self, batch)
+        sampled.append((batch["prompt_len"].tolist(), out["prompt_len"].tolist()))
+        return out
+
+    monkeypatch.setattr(lm_distill.LMDistillTask, "student_samples", spy)
+    record = run(compose_cfg(*tiny_lmkd, "experiment=lmkd/smol_gkd", "lm_distill.on_policy_fraction=1.0"))
+    assert sampled and all(
+        a == b for a, b in sampled
+    )  # the prompts are kept, the responses are the student's
+    assert record["metrics"]["train/on_policy"] == 1.0
+    sft = run(compose_cfg(*tiny_lmkd, "experiment=lmkd/smol_sft"))
+    assert sft["metrics"]["train/kd"] == 0 and sft["metrics"]["train/ce"] > 0
+
+
+def test_student_is_trained_and_teacher_is_not(compose_cfg, tiny_lmkd, monkeypatch):
+    from divlab.tasks import lm_distill
+
+    seen = {}
+    original = lm_distill.LMDistillTask.on_fit_start
+
+    def remember(self):
+        seen["task"] = self
+        seen["student"] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        seen["teacher"] = {k: v.clone() for k, v in self.teacher.state_dict().items()}
+        original(self)
+
+    monkeypatch.setattr(lm_distill.LMDistillTask, "on_fit_start", remember)
+    run(compose_cfg(*tiny_lmkd))
+    task = seen["task"]
+    assert any(not torch.equal(v, task.model.state_dict()[k]) for k, v in seen["student"].items())
+    assert all(torch.equal(v, task.teacher.state_dict()[k]) for k, v in seen["teacher"].items())
+    assert not any(p.requires_grad for p in task.teacher.parameters())
+    assert not any(k.startswith("teacher") for k in task.state_dict())
+
+
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("lm_distill.on_policy_fraction=1.5", "lm_distill.on_policy_fraction"),
+        ("lm_distill.temperature=0", "lm_distill.temperature"),
+        ("lm_distill.kd_weight=0", "both 0"),
+        ("lm_distill.responses=maybe", "lm_distill.responses"),
+        ("divergence=mmd", "divergence=mmd"),
+    ],
+)
+def test_bad_settings_fail_before_training(compose_cfg, tiny_lmkd, outputs, override, words):
+    extra = ["lm_distill.ce_weight=0"] if "kd_weight" in override else []
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        run(compose_cfg(*tiny_lmkd, *extra, override))
+    assert not (outputs / "lm_distill").exists()
+
+
+def test_mismatched_tokenizers_fail_naming_both(compose_cfg, tiny_lmkd, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import write_tiny_hf
+
+    other = write_tiny_hf(tmp_path / "other", arch="gpt2", layers=2)
+    tok = __import__("transformers").AutoTokenizer.from_pretrained(other)
+    tok.add_tokens(["<extra_token>"])  # one more token: a different vocabulary
+    tok.save_pretrained(other)
+    with pytest.raises(ConfigError, match="teacher.model.*student.model|student.model.*teacher.model"):
+        run(
+            compose_cfg(
+                *tiny_lmkd,
+                "student=smollm2_l3_random",
+                "student.model.base.source=local",
+                f"++student.model.base.path={other}",
+                "student.model.overrides.num_hidden_layers=2",
+            )
+        )
+
+
+def test_reference_row_evaluates_without_training(compose_cfg, tiny_lmkd):
+    """task.fit=false (the table's teacher and untrained-student rows): test metrics, no training."""
+    record = run(compose_cfg(*tiny_lmkd, "task.fit=false"))
+    m = record["metrics"]
+    assert "test/rougeL" in m and "test/teacher_nll" in m and not any(k.startswith("train/") for k in m)
+    assert record["global_step"] == 0
