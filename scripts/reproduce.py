@@ -22,7 +22,7 @@ import time
 
 from divlab.cli.conf_dir import conf_dir
 from divlab.errors import ConfigError
-from divlab.tables.cells import Runner, plan, refresh, table_dir, to_run
+from divlab.tables.cells import RUNS, Runner, plan, refresh, table_dir, to_run
 from divlab.tables.render import cells_from_jobs, machine_line, run_time_line, write_all
 from divlab.tables.spec import load_table
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = table_dir(spec, conf_dir=conf, extra=extra)
     jobs = plan(spec, conf_dir=conf, seeds=seeds, extra=extra, retry_failed=opts["retry_failed"])
     todo = to_run(jobs)
-    runs = [j for j in jobs if j.kind == "run"]
+    runs = [j for j in jobs if j.kind in RUNS]
     distinct = {j.run_dir for j in runs if j.run_dir is not None}
     done = {j.run_dir for j in runs if j.state == "finished"}
     failed = {j.run_dir or (j.row, j.column, j.seed) for j in runs if j.state == "failed"}

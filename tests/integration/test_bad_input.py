@@ -83,8 +83,12 @@ def test_bad_input_fails_early_and_keeps_finished_runs(
 
 
 def test_explicit_teacher_checkpoint_loads(compose_cfg, teacher_dir):
-    run(compose_cfg("experiment=kd/digits"))
-    cached = sorted(teacher_dir.glob("*.ckpt"))[0]
+    from divlab.provision.teacher import cached_teacher_path
+
+    cfg = compose_cfg("experiment=kd/digits")
+    run(cfg)
+    cached = cached_teacher_path(cfg)  # this run's teacher (the session's cache holds other models too)
+    assert cached.is_file()
     record = run(compose_cfg("experiment=kd/digits", f"teacher.checkpoint={cached}", "seed=5"))
     assert record["metrics"]["test/acc"] > 0.1
 

@@ -66,7 +66,9 @@ PARTNERS["data"]["instruct"] = HF
 # within their recipes, which check that the config resolves (tests/unit/test_edm_checkpoint.py loads weights).
 EDM_CIFAR10 = ("experiment=onestep/cifar10/fdistill_js",)
 PARTNERS["student"]["edm_cifar10"] = EDM_CIFAR10
-PARTNERS["teacher"].update({o: EDM_CIFAR10 for o in ("edm_cifar10_cond", "edm_cifar10_small", "edm_cifar10_uncond")})
+PARTNERS["teacher"].update(
+    {o: EDM_CIFAR10 for o in ("edm_cifar10_cond", "edm_cifar10_small", "edm_cifar10_uncond")}
+)
 PARTNERS["teacher"]["edm_imagenet64_cond"] = ("experiment=onestep/imagenet64/fdistill_js",)
 for _group in ("student", "teacher"):
     PARTNERS[_group].update({o: HF for o in options(_group) if o.startswith("smollm2")})
@@ -183,11 +185,12 @@ def test_option_composes_and_instantiates(compose_cfg, tmp_path, group, option):
     if group == "divergence":
         d = instantiate(cfg.divergence)
         assert callable(d) and cfg.divergence.name == option
-    if cfg.task.name == "lm_distill":
+    if "divlab.models.hf" in str(OmegaConf.to_container(cfg)):  # would build SmolLM2: resolved only (see HF)
         from hydra.utils import get_method
 
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        assert get_method(cfg.task.builder) and "hf" in resolved["student"]["model"]["_target_"]
-        assert resolved["data"]["datamodule"]["tokenizer"]["model"] == resolved["student"]["model"]
+        assert get_method(cfg.task.builder)
+        if cfg.task.name == "lm_distill":
+            assert resolved["data"]["datamodule"]["tokenizer"]["model"] == resolved["student"]["model"]
         return
     instantiate_parts(cfg, tmp_path)

@@ -450,6 +450,8 @@ def test_lmkd_smol_table_plans_every_divergence_with_reference_rows_once(tmp_pat
     assert len(once) == 2 * len(spec.columns) and {j.seed for j in once} == {0}
     runs = {j.run_dir for j in jobs}
     assert len(runs) == 2 + 8 * 3  # one run fills every column of its row
+    todo = cells_mod.to_run(jobs)  # the reference rows run too (once), not only the trained rows
+    assert len(todo) == len(runs) and sum(j.kind == "reference" for j in todo) == 2
 
 
 def test_reference_rows_get_no_wins_count_and_are_not_ranked():

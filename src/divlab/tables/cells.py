@@ -144,12 +144,15 @@ def table_dir(spec: TableSpec, *, conf_dir: str, extra=()) -> Path:
         GlobalHydra.instance().clear()
 
 
+RUNS = ("run", "reference")  # kinds of job that run a config (a teacher row reads the teacher cache)
+
+
 def to_run(jobs: list[Job]) -> list[Job]:
     """Missing runs, one job per run directory (cells that share a run, e.g. a CE-only row whose
     columns differ only in the teacher it does not use, run it once)."""
     seen, out = set(), []
     for job in jobs:
-        if job.kind == "run" and job.state == "missing" and job.run_dir not in seen:
+        if job.kind in RUNS and job.state == "missing" and job.run_dir not in seen:
             seen.add(job.run_dir)
             out.append(job)
     return out

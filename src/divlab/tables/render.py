@@ -205,7 +205,7 @@ def failure_lines(spec: TableSpec, cells) -> list[str]:
 
 def run_time_line(jobs) -> str:
     records = {
-        str(j.run_dir): j.record for j in jobs if j.kind == "run" and j.state == "finished" and j.record
+        str(j.run_dir): j.record for j in jobs if j.kind != "teacher" and j.state == "finished" and j.record
     }
     total = sum(float(r.get("wall_time_s", 0.0)) for r in records.values())
     return f"{len(records)} runs, {total / 60:.1f} min of run wall time in all (sum of their metrics.json wall_time_s)"
