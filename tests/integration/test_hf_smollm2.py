@@ -3,7 +3,6 @@
 copied from it. Slow (the first load dequantises 135 M parameters): `make test-full`."""
 
 import importlib.util
-import time
 
 import pytest
 import torch
@@ -26,10 +25,8 @@ def test_smollm2_teacher_converts_once_answers_and_seeds_a_student(compose_cfg, 
     assert teacher.num_parameters() == 134_515_008
     assert teacher.vocab_size == len(teacher.tokenizer) == 49_152 and teacher.context_length == 8192
 
-    start = time.perf_counter()
-    again = build_hf_lm(source="gguf", cache_dir=str(outputs / "models"))
-    seconds = time.perf_counter() - start
-    assert "converting" not in capsys.readouterr().out and seconds < 20, f"cache hit took {seconds:.1f} s"
+    again = build_hf_lm(source="gguf", cache_dir=str(outputs / "models"))  # the cache: no second conversion
+    assert "converting" not in capsys.readouterr().out
     assert torch.equal(again.output_weight, teacher.output_weight)
 
     tok = teacher.tokenizer

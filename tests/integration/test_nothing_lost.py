@@ -171,8 +171,7 @@ def test_last_checkpoint_is_written_every_epoch_even_without_improvement(compose
     import torch
 
     record = run(compose_cfg("experiment=kd/digits_ce", "trainer.max_epochs=3", "optimizer.lr=1e-12"))
-    last = torch.load(
-        Path(record["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu"
-    )
+    path = Path(record["run_dir"]) / "checkpoints" / "last.ckpt"
+    last = torch.load(path, weights_only=True, map_location="cpu")
     best = sorted((Path(record["run_dir"]) / "checkpoints").glob("best-*.ckpt"))
     assert last["epoch"] == 2 and [p.name for p in best] == ["best-epoch000.ckpt"]
