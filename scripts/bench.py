@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: the bench_
 
 from bench_sections import divergences, kd_overhead, lm_distill  # noqa: E402, F401  (importing registers the sections)
 from bench_sections.common import OUT, SECTIONS  # noqa: E402
-from bench_sections.divergences import token_worker  # noqa: E402
+from bench_sections.token_worker import token_worker  # noqa: E402
 
 # ============================================================================= main
 

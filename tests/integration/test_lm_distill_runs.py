@@ -117,6 +117,7 @@ def test_student_is_trained_and_teacher_is_not(compose_cfg, tiny_lmkd, monkeypat
         ("lm_distill.temperature=0", "lm_distill.temperature"),
         ("lm_distill.kd_weight=0", "both 0"),
         ("lm_distill.responses=maybe", "lm_distill.responses"),
+        ("lm_distill.teacher_outputs=maybe", "lm_distill.teacher_outputs"),
         ("divergence=mmd", "divergence=mmd"),
     ],
 )
@@ -155,3 +156,58 @@ def test_reference_row_evaluates_without_training(compose_cfg, tiny_lmkd):
     m = record["metrics"]
     assert "test/rougeL" in m and "test/teacher_nll" in m and not any(k.startswith("train/") for k in m)
     assert record["global_step"] == 0
+
+
+def test_cached_teacher_states_equal_the_online_teacher(compose_cfg, tiny_lmkd, outputs, monkeypatch):
+    """teacher_outputs=cached: the teacher's pass over the fixed rows runs once per (teacher, rows), every
+    data batch of training and validation reads it, and the run equals teacher_outputs=online."""
+    from divlab.tasks import lm_distill
+
+    served = []
+    original = lm_distill.LMDistillTask.cached_teacher_hidden
+
+    def spy(self, batch, split, n):
+        out = original(self, batch, split, n)
+        served.append((split, out is not None))
+        return out
+
+    monkeypatch.setattr(lm_distill.LMDistillTask, "cached_teacher_hidden", spy)
+    online = run(compose_cfg(*tiny_lmkd, "lm_distill.teacher_outputs=online"))["metrics"]
+    assert not any(hit for _, hit in served)
+    served.clear()
+    cached = run(compose_cfg(*tiny_lmkd, "lm_distill.teacher_outputs=cached"))["metrics"]
+    assert {split for split, _ in served} == {"train", "val"} and all(hit for _, hit in served)
+    for key in ("train/kd", "val/kd", "val/loss", "test/nll", "test/teacher_nll"):
+        assert cached[key] == pytest.approx(online[key], rel=1e-4, abs=1e-6), key
+    files = sorted((outputs / "teacher_states").glob("*.safetensors"))
+    assert [f.name.split("-")[0] for f in files] == ["train", "val"]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    run(compose_cfg(*tiny_lmkd, "divergence=js"))  # another row: the same cache, not recomputed
+    assert [
+        f.stat().st_mtime_ns for f in sorted((outputs / "teacher_states").glob("*.safetensors"))
+    ] == stamps
+
+
+def test_on_policy_batches_use_the_live_teacher(compose_cfg, tiny_lmkd, monkeypatch):
+    from divlab.tasks import lm_distill
+
+    served = []
+    original = lm_distill.LMDistillTask.cached_teacher_hidden
+
+    def spy(self, batch, split, n):
+        out = original(self, batch, split, n)
+        if split == "train":
+            served.append(out is not None)
+        return out
+
+    monkeypatch.setattr(lm_distill.LMDistillTask, "cached_teacher_hidden", spy)
+    record = run(compose_cfg(*tiny_lmkd, "experiment=lmkd/smol_gkd", "lm_distill.on_policy_fraction=1.0"))
+    assert record["metrics"]["train/on_policy"] == 1.0 and served and not any(served)
+
+
+def test_a_corrupt_teacher_state_cache_is_named(compose_cfg, tiny_lmkd, outputs):
+    run(compose_cfg(*tiny_lmkd))
+    victim = sorted((outputs / "teacher_states").glob("train-*.safetensors"))[0]
+    victim.write_bytes(b"not a safetensors file")
+    with pytest.raises(ConfigError, match=f"{victim.name}.*delete"):
+        run(compose_cfg(*tiny_lmkd, "divergence=js"))

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from divlab.metrics.generation import exact_match, first_integer, rouge_l
+from divlab.metrics.generation import exact_match, final_integer, rouge_l
 
 
 def lcs_f(pred: list[str], ref: list[str]) -> float:
@@ -51,11 +51,13 @@ def test_rouge_l_matches_an_independent_lcs():
     assert rouge_l([" ".join(p) for p in preds], [" ".join(r) for r in refs]) == pytest.approx(expected)
 
 
-def test_exact_match_reads_the_first_integer():
-    assert first_integer("Tom has 19 apples, not 20.") == 19 and first_integer("It is -3.") == -3
-    assert first_integer("no number") is None
-    predictions = ["Tom has 19 apples.", "It is 12 or 13", "I do not know", "-3 left", "Each gets 6.", "7"]
-    answers = ["19", "13", "5", None, 6, "8"]
+def test_exact_match_reads_the_final_integer():
+    assert (
+        final_integer("Tom has 5 apples and gets 14: 5 + 14 = 19.") == 19 and final_integer("It is -3.") == -3
+    )
+    assert final_integer("no number") is None
+    predictions = ["5 + 14 = 19 apples.", "It is 13 or 12", "I do not know", "-3 left", "6 each, not 7.", "7"]
+    answers = ["19", "13", "5", None, 6, "7"]
     assert exact_match(predictions, answers) == pytest.approx(2 / 5)  # the None row is skipped
     assert math.isnan(exact_match(["1", "2"], [None, None]))
     with pytest.raises(ValueError, match="1 predictions for 2 answers"):

@@ -119,7 +119,7 @@ def normalise_row(row: object, *, where: str) -> dict:
     ):
         raise ConfigError(
             f"{where} has an answer {answer!r} that is not an integer (exact match compares the "
-            "first integer of a response); remove it or write an integer."
+            "final integer of a response); remove it or write an integer."
         )
     group = row.get("group", row.get("category"))
     return {

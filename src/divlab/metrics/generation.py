@@ -4,7 +4,8 @@
   package with Porter stemming, as DistiLLM (Ko et al. 2024) and MiniLLM (Gu et al. 2024) report it:
   with LCS the longest common subsequence of the two token lists, P = LCS / |prediction|,
   R = LCS / |reference|, F = 2PR / (P + R). An empty prediction scores 0.
-- `exact_match`: the FRACTION (0..1) of predictions whose first integer equals the answer.
+- `exact_match`: the FRACTION (0..1) of predictions whose final integer equals the answer (the last number
+  written, as lm-evaluation-harness's GSM8K "flexible-extract" reads it: "5 + 14 = 19 apples." gives 19).
 
 distinct-n and repetition rates of generations are in divlab.metrics.text.
 """
@@ -18,7 +19,7 @@ from functools import lru_cache
 
 from divlab.errors import ConfigError
 
-__all__ = ["exact_match", "first_integer", "rouge_l"]
+__all__ = ["exact_match", "final_integer", "rouge_l"]
 
 INTEGER = re.compile(r"-?\d+")
 
@@ -48,19 +49,19 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     return 100.0 * sum(scores) / len(scores)
 
 
-def first_integer(text: str) -> int | None:
-    """The first integer written in `text` ("-3" counts as negative), None when there is none."""
-    match = INTEGER.search(text)
-    return int(match.group()) if match else None
+def final_integer(text: str) -> int | None:
+    """The last integer written in `text` ("-3" counts as negative), None when there is none."""
+    found = INTEGER.findall(text)
+    return int(found[-1]) if found else None
 
 
 def exact_match(predictions: Sequence[str], answers: Sequence[str | int | None]) -> float:
-    """Fraction of predictions whose first integer equals the answer; rows whose answer is None are skipped
+    """Fraction of predictions whose final integer equals the answer; rows whose answer is None are skipped
     (nan when none is left). A prediction without an integer counts as wrong."""
     if len(predictions) != len(answers):
         raise ValueError(f"exact_match got {len(predictions)} predictions for {len(answers)} answers.")
     hits = [
-        first_integer(pred) == int(answer)
+        final_integer(pred) == int(answer)
         for pred, answer in zip(predictions, answers, strict=True)
         if answer is not None
     ]

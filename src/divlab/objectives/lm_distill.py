@@ -88,16 +88,17 @@ class TokenDistillLoss(nn.Module):
         teacher_hidden: Tensor | None,
         teacher_weight: Tensor | None,
         use_ce: bool = True,
+        use_kd: bool = True,
     ) -> dict[str, Tensor]:
         """student_hidden (N, H) and targets (N,) at the response positions only; the teacher's hidden
         states (N, H') at the same positions (None when kd_weight = 0). use_ce=False drops the NLL term
-        (responses the student sampled are not data)."""
+        (responses the student sampled are not data); use_kd=False drops the divergence (an NLL-only pass)."""
         zero = student_hidden.sum() * 0.0  # keeps the loss attached to the graph when a term is off
         ce_weight = self.ce_weight if use_ce else 0.0
         with torch.set_grad_enabled(torch.is_grad_enabled() and ce_weight > 0):  # logged either way
             ce = chunked_nll(student_hidden, student_weight, targets, rows=self.chunk_rows)
         kd = zero
-        if self.kd_weight > 0:
+        if use_kd and self.kd_weight > 0:
             t = self.temperature
             kd = fused_linear_divergence(
                 student_hidden / t,

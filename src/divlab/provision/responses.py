@@ -28,17 +28,17 @@ from divlab.utils.hashing import stable_hash
 _DATA_KEYS_IGNORED = ("batch_size", "num_workers", "seed", "tokenizer", "_target_")
 
 
-def _without_cache_dirs(obj):
+def without_cache_dirs(obj):
     if isinstance(obj, dict):
-        return {k: _without_cache_dirs(v) for k, v in obj.items() if k != "cache_dir"}
+        return {k: without_cache_dirs(v) for k, v in obj.items() if k != "cache_dir"}
     if isinstance(obj, list):
-        return [_without_cache_dirs(v) for v in obj]
+        return [without_cache_dirs(v) for v in obj]
     return obj
 
 
 def responses_path(cfg: DictConfig, split: str, generation: dict, *, prompts: str) -> Path:
     """`prompts`: a digest of the split's tokenised prompts (a changed data file makes a new entry)."""
-    teacher = _without_cache_dirs(OmegaConf.to_container(cfg.teacher.model, resolve=True))
+    teacher = without_cache_dirs(OmegaConf.to_container(cfg.teacher.model, resolve=True))
     data = OmegaConf.to_container(cfg.data.datamodule, resolve=True)
     data = {k: v for k, v in data.items() if k not in _DATA_KEYS_IGNORED}
     key = stable_hash(

@@ -91,6 +91,8 @@ def check_settings(d: DictConfig) -> None:
         )
     if d.responses not in ("data", "teacher"):
         raise ConfigError(f"lm_distill.responses must be data or teacher, got {d.responses!r}")
+    if d.teacher_outputs not in ("cached", "online"):
+        raise ConfigError(f"lm_distill.teacher_outputs must be cached or online, got {d.teacher_outputs!r}")
     for key in ("max_new_tokens", "eval_batch_size", "response_batch_size"):
         value = d.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -104,6 +106,7 @@ def build(cfg: DictConfig, *, datamodule=None) -> LMDistillTask:
     from divlab.models.hf import check_same_tokenizer
     from divlab.provision.responses import teacher_responses
     from divlab.provision.teacher import provision_teacher
+    from divlab.provision.teacher_states import teacher_states
     from divlab.tasks.classify import optimization
     from divlab.utils.checks import build as build_spec
 
@@ -132,6 +135,12 @@ def build(cfg: DictConfig, *, datamodule=None) -> LMDistillTask:
     if d.responses == "teacher":
         for split in ("train", "val"):
             datamodule.use_responses(split, teacher_responses(cfg, teacher, datamodule, split, **kwargs))
+    states = None
+    if d.teacher_outputs == "cached" and d.kd_weight > 0:  # the teacher's pass over fixed rows, once
+        states = {
+            split: teacher_states(cfg, teacher, datamodule, split, batch_size=d.response_batch_size)
+            for split in ("train", "val")
+        }
     loss = TokenDistillLoss(
         divergence=divergence,
         ce_weight=d.ce_weight,
@@ -147,6 +156,7 @@ def build(cfg: DictConfig, *, datamodule=None) -> LMDistillTask:
         sample_temperature=d.sample_temperature,
         max_new_tokens=d.max_new_tokens,
         eval_batch_size=d.eval_batch_size,
+        teacher_states=states,
         run_dir=cfg.get("run_dir"),
         test_teacher_responses=teacher_responses(cfg, teacher, datamodule, "test", **kwargs),
         **optimization(cfg),
@@ -168,6 +178,8 @@ class LMDistillTask(DivlabTask):
         max_new_tokens: int = 48,  # tokens sampled on-policy and generated at test time
         eval_batch_size: int = 16,  # prompts per generation batch at test time
         test_teacher_responses: list[str] | None = None,  # the teacher's greedy test responses
+        teacher_states: dict
+        | None = None,  # split -> per-example teacher hidden states (provision.teacher_states)
         run_dir: str | None = None,
     ):  # responses.jsonl goes here (rank 0); None: not written
         super().__init__(seed=seed, task_name="lm_distill", best_metric="val/loss", best_mode="min")
@@ -180,6 +192,7 @@ class LMDistillTask(DivlabTask):
         )
         self.max_new_tokens, self.eval_batch_size = int(max_new_tokens), int(eval_batch_size)
         self.test_teacher_responses, self.run_dir = test_teacher_responses, run_dir
+        self.teacher_states = teacher_states or {}
         self._tokens_seen, self._epoch_start = 0, 0.0
 
     @property
@@ -187,15 +200,19 @@ class LMDistillTask(DivlabTask):
         return self.frozen("teacher")
 
     # ------------------------------------------------------------------ the loss of a batch
-    def response_terms(self, batch: dict, *, use_ce: bool = True) -> tuple[dict, Tensor]:
+    def response_terms(
+        self, batch: dict, *, split: str, use_ce: bool = True, use_kd: bool = True
+    ) -> tuple[dict, Tensor]:
         tokens, length = batch["tokens"], batch["length"]
         mask = action_mask(tokens.shape, prompt_len=batch["prompt_len"], length=length)
         attention = torch.arange(tokens.shape[1], device=tokens.device)[None] < length[:, None]
         hidden = self.model.hidden_states(tokens, attention)[:, :-1][mask]
         teacher_hidden = teacher_weight = None
-        if self.loss.kd_weight > 0:
-            with torch.no_grad():
-                teacher_hidden = self.teacher.hidden_states(tokens, attention)[:, :-1][mask]
+        if use_kd and self.loss.kd_weight > 0:
+            teacher_hidden = self.cached_teacher_hidden(batch, split, int(mask.sum()))
+            if teacher_hidden is None:
+                with torch.no_grad():
+                    teacher_hidden = self.teacher.hidden_states(tokens, attention)[:, :-1][mask]
             teacher_weight = self.teacher.output_weight
         terms = self.loss(
             student_hidden=hidden,
@@ -204,8 +221,23 @@ class LMDistillTask(DivlabTask):
             teacher_hidden=teacher_hidden,
             teacher_weight=teacher_weight,
             use_ce=use_ce,
+            use_kd=use_kd,
         )
         return terms, mask.sum()
+
+    def cached_teacher_hidden(self, batch: dict, split: str, n: int) -> Tensor | None:
+        """The teacher's hidden states of a data batch's response positions from the cache, in mask order;
+        None for rows the cache does not hold (on-policy samples carry no "index")."""
+        states = self.teacher_states.get(split)
+        if states is None or "index" not in batch:
+            return None
+        hidden = torch.cat([states[i] for i in batch["index"].tolist()]).to(self.device)
+        if len(hidden) != n:
+            raise RuntimeError(
+                f"the cached teacher states of {split} hold {len(hidden)} positions for a batch with {n}; "
+                f"the data changed under the cache: run again with lm_distill.teacher_outputs=online"
+            )
+        return hidden
 
     def on_policy_now(self) -> bool:
         if self.on_policy_fraction <= 0:
@@ -247,7 +279,7 @@ class LMDistillTask(DivlabTask):
         on_policy = self.on_policy_now()
         if on_policy:
             batch = self.student_samples(batch)
-        terms, n = self.response_terms(batch, use_ce=not on_policy)
+        terms, n = self.response_terms(batch, split="train", use_ce=not on_policy)
         self._tokens_seen += int(batch["length"].sum())
         for name in ("loss", "ce", "kd"):
             self.track(name, terms[name], n)
@@ -260,7 +292,7 @@ class LMDistillTask(DivlabTask):
         self.log("train/tokens_per_s", self._tokens_seen / elapsed)
 
     def validation_step(self, batch, batch_idx):
-        terms, n = self.response_terms(batch)
+        terms, n = self.response_terms(batch, split="val")
         self.log("val/loss", terms["ce"], batch_size=int(n), sync_dist=True)
         self.log("val/kd", terms["kd"], batch_size=int(n), sync_dist=True)
 
@@ -271,7 +303,7 @@ class LMDistillTask(DivlabTask):
 
     # ------------------------------------------------------------------ test
     def test_step(self, batch, batch_idx):
-        terms, n = self.response_terms(batch)
+        terms, n = self.response_terms(batch, split="test", use_kd=False)  # test/nll needs no teacher
         self.log("test/nll", terms["ce"], batch_size=int(n), sync_dist=True)
 
     @torch.no_grad()
