@@ -201,7 +201,7 @@ def _train(cfg: DictConfig, run_dir: Path, datamodule, task, *, start: float, ex
 
             print_config_tree(cfg)
     choices = hydra_choices(cfg)
-    loggers = build_loggers(cfg, choices)
+    loggers = build_loggers(cfg, choices, resume=resume)  # a resumed run's csv/metrics.csv keeps its history
     try:
         callbacks = build_callbacks(
             cfg, [*extra_callbacks, LogConfig(config_params(cfg, choices)), FiniteLoss(blame=blame_key(cfg))]

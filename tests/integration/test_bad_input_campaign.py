@@ -159,6 +159,17 @@ CASES = {
         r"shape",
         lambda cfg, t: teacher_ckpt(cfg, t, wrong_shape=True),
     ),
+    "CIFAR teacher on digits": (
+        lambda t: ["task=distill", "data=digits", "teacher=resnet56", "student=digits_mlp"],
+        r"^teacher\.model \(\w+\) takes 3-channel images but data=digits gives 1x8x8 images; choose a "
+        r"teacher= option made for data=digits",
+        None,
+    ),
+    "CIFAR student on digits": (
+        lambda t: ["task=classify", "data=digits", "student=resnet20"],
+        r"^student\.model \(\w+\) takes 3-channel images but data=digits gives 1x8x8 images",
+        None,
+    ),
 }
 # Cases whose run directory holds a broken file before the run (the directory exists by design).
 IN_RUN_DIR = {
@@ -219,6 +230,22 @@ def test_gpu_accelerator_without_a_gpu(compose_cfg, no_training):
         ConfigError, match=r"^trainer\.accelerator=gpu but torch sees no CUDA GPU here; use trainer=cpu"
     ):
         run(compose_cfg(CE, "trainer.accelerator=gpu"))
+
+
+def test_unwritable_output_root_is_named(compose_cfg, tmp_path, monkeypatch, no_training):
+    """Tests run as root here, for whom chmod does not stop writes: the permission answer is faked."""
+    import divlab.utils.strict as strict
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = strict.os.access
+    monkeypatch.setattr(strict.os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    with pytest.raises(
+        ConfigError,
+        match=r"^paths\.output_root=\S+/locked/out cannot be written \(\S+/locked is not writable\)",
+    ):
+        run(compose_cfg(CE, f"paths.output_root={locked}/out"))
+    assert not (locked / "out").exists()
 
 
 def test_huge_temperature_warns_that_the_kd_term_is_noise(compose_cfg):

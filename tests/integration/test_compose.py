@@ -62,6 +62,7 @@ PARTNERS = {
 # test_hf_smollm2.py, slow) or, on tiny local models, tests/integration/test_lm_distill_runs.py.
 HF = ("task=lm_distill",)
 PARTNERS["data"]["instruct"] = HF
+PARTNERS["data"]["preference"] = ("task=dpo",)
 # EDM networks at paper scale: their weights are converted checkpoints (teacher.model.path), so they compose
 # within their recipes, which check that the config resolves (tests/unit/test_edm_checkpoint.py loads weights).
 EDM_CIFAR10 = ("experiment=onestep/cifar10/fdistill_js",)
@@ -70,6 +71,7 @@ PARTNERS["teacher"].update(
     {o: EDM_CIFAR10 for o in ("edm_cifar10_cond", "edm_cifar10_small", "edm_cifar10_uncond")}
 )
 PARTNERS["teacher"]["edm_imagenet64_cond"] = ("experiment=onestep/imagenet64/fdistill_js",)
+PARTNERS["smoke"] = {o: EDM_CIFAR10 for o in options("smoke")}  # CPU smoke settings of the CIFAR-10 recipes
 for _group in ("student", "teacher"):
     PARTNERS[_group].update({o: HF for o in options(_group) if o.startswith("smollm2")})
 GROUP_PARTNERS = {  # groups that exist only under a task or experiment that pulls them in

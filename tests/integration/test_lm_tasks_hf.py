@@ -114,3 +114,40 @@ def test_mix_lm_runs_with_an_hf_student(compose_cfg, hf_student):
         )
     )["metrics"]
     finite(m, "val/avg_ppl", "test/avg_ppl", "test/ppl/shakespeare", "test/ppl/python_code")
+
+
+@pytest.mark.parametrize("task,backspace", [("lm", True), ("seqmatch", True), ("mix_lm", False)])
+def test_an_hf_student_brings_its_tokenizer_to_token_data(compose_cfg, task, backspace):
+    """`divlab task=<lm task> student=smollm2_*` needs no other key (divlab.utils.hf_student)."""
+    from omegaconf import OmegaConf
+
+    from divlab.utils.hashing import prune_unused
+
+    cfg = prune_unused(compose_cfg(f"task={task}", "student=smollm2_l3"))
+    tok = cfg.data.datamodule.tokenizer
+    assert tok._target_ == "divlab.data.hf_tokenizer.HFTokenizer" and tok.backspace is backspace
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["data"]["datamodule"]["tokenizer"]["tokenizer"]["model"] == resolved["student"]["model"]
+    if task == "mix_lm":
+        assert cfg.mix_lm.model is None and "student" in cfg.task.uses
+    plain = prune_unused(compose_cfg(f"task={task}"))  # a divlab GPT keeps the data's own tokenizer
+    assert plain.data.datamodule.get("tokenizer") is None
+    assert task != "mix_lm" or (plain.mix_lm.model is not None and plain.student is None)
+
+
+@pytest.mark.parametrize("experiment", ["lm/arith_smollm2", "seqmatch/arith_smollm2", "mixing/smollm2"])
+def test_experiment_files_that_set_the_tokenizer_are_left_alone(compose_cfg, experiment):
+    from omegaconf import OmegaConf
+
+    from divlab.utils.hf_student import follow_hf_student
+
+    cfg = compose_cfg(f"experiment={experiment}")
+    before = OmegaConf.to_yaml(cfg)
+    assert OmegaConf.to_yaml(follow_hf_student(cfg)) == before
+
+
+@pytest.mark.parametrize("task", ["seqmatch", "mix_lm"])
+def test_the_plain_task_runs_with_an_hf_student(compose_cfg, hf_student, task):
+    """`divlab task=seqmatch|mix_lm student=...` with debug=fast, no experiment file (tiny Llama for SmolLM2)."""
+    m = run(compose_cfg(f"task={task}", *hf_student))["metrics"]
+    finite(m, *(("test/loss", "test/acc_clean") if task == "seqmatch" else ("val/avg_ppl", "test/avg_ppl")))

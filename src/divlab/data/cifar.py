@@ -7,6 +7,10 @@ epoch); `val_size=N` holds out N training images, stratified by a data seed, see
 augmentation. Nothing is downloaded unless `download=true`; the download runs in `prepare_data`
 (rank 0 only under DDP).
 
+`normalize=edm` maps pixels to [-1, 1] instead (EDM, Karras et al. 2022: sigma_data = 0.5), the scale of the
+EDM teachers of the one-step recipes (conf/experiment/onestep/cifar10/); `points(split)` and `labels(split)`
+give a whole split as tensors (the reference set of the one-step sample metrics).
+
 `check_integrity=false` skips torchvision's md5 check of each file (the files must still exist): for
 files written in the CIFAR format by tests or converted by hand, from a source you trust. CIFAR batches
 are pickles; they are read with a restricted unpickler (`safe_unpickle`) that admits only what the format
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, CIFAR100, VisionDataset
@@ -122,6 +127,10 @@ CHECKED = {CIFAR10: SafeCIFAR10, CIFAR100: SafeCIFAR100}
 UNCHECKED = {CIFAR10: UncheckedCIFAR10, CIFAR100: UncheckedCIFAR100}
 
 
+# data.datamodule.normalize: (mean, std) of torchvision's Normalize; None = the data set's channel statistics
+NORMALIZE = {"channel_stats": None, "edm": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+
+
 class CIFARDataModule(pl.LightningDataModule):
     """Shared body of CIFAR10DataModule and CIFAR100DataModule (which set the class attributes)."""
 
@@ -129,6 +138,7 @@ class CIFARDataModule(pl.LightningDataModule):
     title, num_classes, approx_mb = "CIFAR-10", 10, 160
     mean: tuple[float, ...] = (0.4914, 0.4822, 0.4465)
     std: tuple[float, ...] = (0.2470, 0.2435, 0.2616)
+    mixture = None  # not a Gaussian mixture (the one-step tasks' mode metrics do not apply)
 
     def __init__(
         self,
@@ -137,6 +147,7 @@ class CIFARDataModule(pl.LightningDataModule):
         download: bool = False,  # true: download into root when the files are not there
         check_integrity: bool = True,  # false: skip torchvision's md5 check (hand-made files)
         augment: bool = True,  # train: RandomCrop(32, padding=4) + horizontal flip
+        normalize: str = "channel_stats",  # channel_stats: per-channel mean/std (KD) | edm: [-1, 1]
         val_size: int = 0,  # train images held out for validation; 0: validate on test
         data_seed: int = 0,  # fixes the hold-out (not the batch order)
         batch_size: int = 64,  # per process
@@ -151,7 +162,14 @@ class CIFARDataModule(pl.LightningDataModule):
         self.folder = self.root / self.dataset_class.base_folder
         if not download and not self.folder.is_dir():
             raise ConfigError(self._missing("no such folder"))
-        normalise = [T.ToTensor(), T.Normalize(self.mean, self.std)]
+        if normalize not in NORMALIZE:
+            raise ConfigError(
+                f"data.datamodule.normalize must be one of {sorted(NORMALIZE)}, got {normalize!r}"
+            )
+        if NORMALIZE[normalize] is not None:  # instance values, so task=evaluate undoes the right ones
+            self.mean, self.std = NORMALIZE[normalize]
+        self.normalize = T.Normalize(self.mean, self.std)
+        normalise = [T.ToTensor(), self.normalize]
         self.eval_transform = T.Compose(normalise)
         self.train_transform = T.Compose(
             [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *normalise] if augment else normalise
@@ -225,6 +243,18 @@ class CIFARDataModule(pl.LightningDataModule):
             "val": TransformedSubset(train, va, self.eval_transform) if len(va) else test_view,
             "test": test_view,
         }
+
+    def points(self, split: str) -> torch.Tensor:
+        """All images of a split, (n, 3, 32, 32), normalised as the loaders' (never augmented)."""
+        self.setup()
+        view = self._splits[split]
+        pixels = torch.from_numpy(view.dataset.data[view.indices]).permute(0, 3, 1, 2)
+        return self.normalize(pixels.float() / 255.0)
+
+    def labels(self, split: str) -> torch.Tensor:
+        self.setup()
+        view = self._splits[split]
+        return torch.as_tensor(np.asarray(view.dataset.targets)[view.indices], dtype=torch.long)
 
     train_dataloader = train_split_loader
     val_dataloader = val_split_loader

@@ -120,7 +120,7 @@ def _stable_id(text: str) -> int:
 
 
 def _pool(group: str, data_seed: int) -> list[dict]:
-    pool = _arith_pool(data_seed) if group == "arith" else _doc_pool() if group == "doc" else _continue_pool()
+    pool = arith_pool(data_seed) if group == "arith" else _doc_pool() if group == "doc" else _continue_pool()
     return list(pool)
 
 
@@ -129,7 +129,7 @@ def _pool(group: str, data_seed: int) -> list[dict]:
 
 
 @lru_cache(maxsize=4)
-def _arith_pool(data_seed: int) -> tuple[dict, ...]:
+def arith_pool(data_seed: int) -> tuple[dict, ...]:
     rng = np.random.default_rng([data_seed, _stable_id("arith")])
     seen, pool = set(), []
     for _ in range(4 * ARITH_POOL):

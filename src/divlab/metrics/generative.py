@@ -135,8 +135,8 @@ def evaluate_sampler(
     if not torch.isfinite(samples).all():
         bad = float((~torch.isfinite(samples)).any(1).double().mean())
         return {"nonfinite": bad, "nfe": float(nfe), "sec_per_1k": seconds * 1000 / n}
-    out = evaluate_samples(samples, reference, mixture=mixture)
+    out = evaluate_samples(samples.flatten(1), reference.flatten(1), mixture=mixture)  # images: pixel vectors
     out.update({"nfe": float(nfe), "sec_per_1k": seconds * 1000 / n})
-    if plot_path is not None:
+    if plot_path is not None and samples.ndim == 2:  # a scatter of 2-D points (image grids: the task's)
         scatter_plot(plot_path, {"data (test)": reference, "samples": samples}, title=title)
     return out

@@ -160,18 +160,21 @@ def evaluate_image_sampler(
 def build_image_scorer(cfg, datamodule) -> ImageScorer | None:
     """The ImageScorer of cfg.image_metrics (None when the config has none): the classifier
     `image_metrics.classifier` (a teacher config, trained once on `image_metrics.data` and cached by
-    divlab.provision.teacher exactly as a KD teacher, so the KD teacher's cache file is reused) and the test split."""
+    divlab.provision.teacher exactly as a KD teacher, so the KD teacher's cache file is reused) and the test split;
+    None for 2-D data and for `image_metrics: pixels` (no classifier: sample metrics on pixel vectors)."""
     from omegaconf import open_dict
 
     from divlab.provision.teacher import provision_teacher
     from divlab.utils.checks import build as build_spec
 
     m = cfg.get("image_metrics")
+    if m == "pixels":  # the sample metrics of divlab.metrics.generative on pixel vectors (FID: task=evaluate)
+        return None
     if m is None:
         if len(datamodule.input_shape) > 1:
             raise ConfigError(
                 f"data={cfg.data.name} holds images, whose samples are scored by a classifier; "
-                f"set image_metrics (experiment=onestep/digits shows how)"
+                f"set image_metrics (experiment=onestep/digits shows how), or image_metrics=pixels"
             )
         return None
     for key in ("classifier", "data", "feature"):

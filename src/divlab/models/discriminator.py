@@ -14,10 +14,9 @@ class Discriminator(nn.Module):
         self.own_features = own_features
         self.head = nn.Sequential(nn.Linear(feature_dim, width), nn.SiLU(), nn.Linear(width, 1))
 
-    def forward(self, x: Tensor, sigma: Tensor, teacher: nn.Module) -> Tensor:
-        feats = (
-            self.own_features.features(x, sigma)
-            if self.own_features is not None
-            else teacher.features(x, sigma)
-        )
-        return self.head(feats)
+    def forward(
+        self, x: Tensor, sigma: Tensor, teacher: nn.Module, class_labels: Tensor | None = None
+    ) -> Tensor:
+        """class_labels (class-conditional teacher only) condition the teacher's features."""
+        network = self.own_features if self.own_features is not None else teacher
+        return self.head(network.features(x, sigma, class_labels))

@@ -94,7 +94,8 @@ def expand_as(sigma: Tensor, x: Tensor) -> Tensor:
 
 
 class EDMPrecond(nn.Module):
-    """D(x; sigma) = c_skip x + c_out net(c_in x, c_noise) around a raw network `net(x, c_noise)`."""
+    """D(x; sigma) = c_skip x + c_out net(c_in x, c_noise) around a raw network `net(x, c_noise)`; class labels,
+    when given, go on to a class-conditional net as `net(c_in x, c_noise, class_labels)`."""
 
     def __init__(
         self, net: nn.Module, *, sigma_data: float
@@ -105,16 +106,18 @@ class EDMPrecond(nn.Module):
         self.net = net
         self.sigma_data = float(sigma_data)
 
-    def forward(self, x: Tensor, sigma) -> Tensor:
+    def forward(self, x: Tensor, sigma, class_labels: Tensor | None = None) -> Tensor:
         sigma = as_sigma(sigma, x)
         s = expand_as(sigma, x)
-        f = self.net(c_in(s, self.sigma_data) * x, c_noise(sigma))
+        labels = () if class_labels is None else (class_labels,)
+        f = self.net(c_in(s, self.sigma_data) * x, c_noise(sigma), *labels)
         return c_skip(s, self.sigma_data) * x + c_out(s, self.sigma_data) * f
 
-    def features(self, x: Tensor, sigma) -> Tensor:
+    def features(self, x: Tensor, sigma, class_labels: Tensor | None = None) -> Tensor:
         """The raw network's hidden features at (x, sigma) (for discriminator heads); needs net.features."""
         sigma = as_sigma(sigma, x)
-        return self.net.features(c_in(expand_as(sigma, x), self.sigma_data) * x, c_noise(sigma))
+        labels = () if class_labels is None else (class_labels,)
+        return self.net.features(c_in(expand_as(sigma, x), self.sigma_data) * x, c_noise(sigma), *labels)
 
 
 def sample_sigma(

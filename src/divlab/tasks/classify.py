@@ -54,10 +54,11 @@ def build_teacher_task(cfg: DictConfig, recipe: DictConfig):
 def build(cfg: DictConfig, *, datamodule=None) -> "ClassifyTask":
     """task.builder of task=classify: the student alone, trained with cross-entropy."""
     from divlab.utils.checks import build as build_spec
-    from divlab.utils.checks import check_models_agree
+    from divlab.utils.checks import check_models_agree, check_takes_inputs
 
     student = build_spec(cfg.student.model)
     check_models_agree(data_classes=cfg.data.num_classes, student=student)
+    check_takes_inputs(student, key="student.model", data=cfg.data)
     return ClassifyTask(model=student, **optimization(cfg))
 
 

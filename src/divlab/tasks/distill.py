@@ -37,7 +37,7 @@ from divlab.errors import ConfigError
 from divlab.models.features import FeatureTaps, build_stage_heads, default_stages, head_key
 from divlab.tasks.classify import ClassifyTask, optimization
 from divlab.utils.checks import build as build_spec
-from divlab.utils.checks import check_models_agree
+from divlab.utils.checks import check_models_agree, check_takes_inputs
 
 TERM_KEYS = ("divergence", "weight", "temperature", "t_squared")
 
@@ -199,6 +199,8 @@ def build(cfg: DictConfig, *, datamodule=None) -> "DistillTask":
     heads = build_stage_heads(student, stages, input_shape=tuple(cfg.data.input_shape)) if stages else None
     teacher = build_spec(cfg.teacher.model)
     check_models_agree(data_classes=cfg.data.num_classes, student=student, teacher=teacher)
+    check_takes_inputs(student, key="student.model", data=cfg.data)
+    check_takes_inputs(teacher, key="teacher.model", data=cfg.data)  # before a teacher is trained or loaded
     teacher = provision_teacher(cfg, teacher)
     if stages:
         say(f"stage heads on {', '.join(stages)} (weights {', '.join(f'{w:g}' for w in weights)})")

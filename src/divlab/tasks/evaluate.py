@@ -4,7 +4,7 @@
 
 The generator is `student.model` in EDMPrecond (as task=one_step builds it) with the EMA weights of a
 task=one_step checkpoint (`generator_ema.module.*`; evaluate.weights=raw takes `generator.*`); its
-sample is x = G(sigma_max z; sigma_max). The reference statistics come from the data set itself
+sample is x = G(sigma_max z; sigma_max) (a class-conditional generator gets the classes in turn). The reference statistics come from the data set itself
 (evaluate.reference_split, all of it by default: the 50k CIFAR-10 training images, un-augmented).
 Both image sets are mapped back to [0, 255] through the data module's normalisation (mean/std when it
 has them, else evaluate.pixel_range) and scored by divlab.metrics.fid (torchmetrics on torch-fidelity's
@@ -166,7 +166,11 @@ class EvaluateTask(DivlabTask):
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         z = torch.randn(n, *self.trainer.datamodule.input_shape, generator=gen).to(self.device)
         sigma = torch.full((n,), SIGMA_MAX, device=self.device)
-        return self.to_uint8(self.frozen("generator")(SIGMA_MAX * z, sigma))
+        net, labels = self.frozen("generator"), ()
+        classes = getattr(getattr(net, "net", None), "label_dim", 0)
+        if classes:  # class-conditional: the classes in turn (a balanced set)
+            labels = ((torch.arange(n, device=self.device) + index * self.batch_size) % classes,)
+        return self.to_uint8(net(SIGMA_MAX * z, sigma, *labels))
 
     def test_step(self, batch, batch_idx):
         pass  # everything is scored at epoch end

@@ -22,23 +22,27 @@ step in `trainer.global_step`, so global_step = (K + 1) x generator steps; the t
 `task=sample_teacher` (build_teacher_sampler) evaluates the teacher's Euler/Heun sampler at a given NFE
 with the same metrics (no training): the teacher rows of the onestep tables.
 
-On image data (`image_metrics` in the config, e.g. experiment=onestep/digits) both score samples with
-divlab.metrics.image (a cached classifier's Frechet distance, class histogram, k-NN precision/recall)
-and draw image grids (samples.png) instead of scatter plots.
+On image data both draw image grids (samples.png) instead of scatter plots; with `image_metrics` in the
+config (e.g. experiment=onestep/digits) they score samples with divlab.metrics.image (a cached classifier's
+Frechet distance, class histogram, k-NN precision/recall), without it (the paper-scale recipes, whose FID is
+task=evaluate's) with the sample metrics on pixel vectors (divlab.tasks.one_step_eval).
+
+Class-conditional networks (a `label_dim` > 0, e.g. EDM's ImageNet-64 teacher): every network call carries
+class labels. Generator samples get classes drawn uniformly (DMD2's class-conditional setting), the same labels
+go to the fake score, the teacher and the discriminator's teacher features at those samples; noised data gets
+its own labels in the discriminator. Unconditional networks are called without labels.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from divlab.errors import ConfigError
-from divlab.metrics.image import build_image_scorer, evaluate_image_sampler, image_grid, log_figure
+from divlab.metrics.image import build_image_scorer
 from divlab.models.discriminator import Discriminator
-from divlab.models.edm import SIGMA_MAX, EDMLoss, EDMPrecond, expand_as, sample, sample_sigma, sampler_nfe
+from divlab.models.edm import SIGMA_MAX, EDMLoss, EDMPrecond, expand_as, sample_sigma
 from divlab.objectives.fdistill import (
     REDUCTIONS,
     UNI_FORMS,
@@ -52,10 +56,10 @@ from divlab.objectives.fdistill import (
 )
 from divlab.tasks.base import DivlabTask
 from divlab.tasks.denoise import EMA, build_denoiser
+from divlab.tasks.one_step_eval import OneStepEvaluation
 from divlab.tasks.sample_teacher import build_diffusion_teacher, build_teacher_sampler, set_threads
 
 __all__ = ["OneStepTask", "build", "build_teacher_sampler"]  # conf/task/sample_teacher.yaml names it here
-GRID_IMAGES = 100  # images per panel of the samples.png grid (image data)
 
 
 # ----------------------------------------------------------------------------- building
@@ -99,6 +103,12 @@ def build(cfg: DictConfig, *, datamodule=None) -> OneStepTask:
             raise ConfigError(f"one_step.{key} must be >= {low}, got {o[key]!r}")
     if not o.ratio_upper > o.ratio_lower > 0:
         raise ConfigError("one_step.ratio_upper must exceed one_step.ratio_lower > 0")
+    scorer = build_image_scorer(cfg, datamodule) if datamodule is not None else None
+    if datamodule is not None and scorer is None and not hasattr(datamodule, "points"):
+        raise ConfigError(
+            f"task=one_step scores samples against the test split, which data={cfg.data.name}'s data module "
+            f"cannot give as a tensor (it has no points()); choose a data set that can (e.g. data=cifar10)"
+        )
     teacher = build_diffusion_teacher(cfg, datamodule)
     generator = build_denoiser(cfg.student.model, cfg.data)
     fake = build_denoiser(cfg.student.model, cfg.data)
@@ -141,14 +151,14 @@ def build(cfg: DictConfig, *, datamodule=None) -> OneStepTask:
         teacher_sample_steps=o.teacher_sample_steps,
         run_dir=cfg.get("run_dir"),
         seed=opt["seed"],
-        image_scorer=build_image_scorer(cfg, datamodule) if datamodule is not None else None,
+        image_scorer=scorer,
     )
 
 
 # ----------------------------------------------------------------------------- task
 
 
-class OneStepTask(DivlabTask):
+class OneStepTask(OneStepEvaluation, DivlabTask):
     def __init__(
         self,
         *,
@@ -212,6 +222,7 @@ class OneStepTask(DivlabTask):
             teacher_sample_steps,
             run_dir,
         )
+        self.label_dim = int(getattr(generator.net, "label_dim", 0) or 0)  # classes; 0 = unconditional
         self.register_buffer("generator_steps", torch.zeros((), dtype=torch.long))
 
     # --- helpers -----------------------------------------------------------------------------
@@ -219,25 +230,36 @@ class OneStepTask(DivlabTask):
     def teacher(self) -> nn.Module:
         return self.frozen("teacher")
 
-    def generate(self, z: Tensor, net: nn.Module | None = None) -> Tensor:
-        """x_g = G(sigma_max z; sigma_max)."""
-        net = net or self.generator
-        return net(SIGMA_MAX * z, torch.full((len(z),), SIGMA_MAX, device=z.device, dtype=z.dtype))
+    @staticmethod
+    def denoise(net: nn.Module, x: Tensor, sigma: Tensor, labels: Tensor | None) -> Tensor:
+        """net(x; sigma), with class labels for a class-conditional network."""
+        return net(x, sigma) if labels is None else net(x, sigma, labels)
+
+    def random_labels(self, n: int, device) -> Tensor | None:
+        """Uniform classes of n generator samples (None when unconditional)."""
+        return torch.randint(self.label_dim, (n,), device=device) if self.label_dim else None
+
+    def generate(self, z: Tensor, net: nn.Module | None = None, labels: Tensor | None = None) -> Tensor:
+        """x_g = G(sigma_max z; sigma_max) (given classes when conditional)."""
+        sigma = torch.full((len(z),), SIGMA_MAX, device=z.device, dtype=z.dtype)
+        return self.denoise(net or self.generator, SIGMA_MAX * z, sigma, labels)
 
     def noised(self, x: Tensor) -> tuple[Tensor, Tensor]:
         sigma = sample_sigma(len(x), p_mean=self.p_mean, p_std=self.p_std, device=x.device, dtype=x.dtype)
         return x + expand_as(sigma, x) * torch.randn_like(x), sigma
 
     # --- training ----------------------------------------------------------------------------
-    def critic_step(self, real: Tensor, opt) -> None:
+    def critic_step(self, real: Tensor, real_labels: Tensor | None, opt) -> None:
         self.toggle_optimizer(opt)
+        labels = self.random_labels(len(real), real.device)
         with torch.no_grad():
-            x_g = self.generate(torch.randn_like(real))
-        dsm = self.dsm(self.fake_score, x_g).mean()  # fake score on detached samples
+            x_g = self.generate(torch.randn_like(real), labels=labels)
+        fake_score = lambda x, sigma: self.denoise(self.fake_score, x, sigma, labels)  # noqa: E731
+        dsm = self.dsm(fake_score, x_g).mean()  # fake score on detached samples
         real_t, sigma_r = self.noised(real)
         fake_t, sigma_f = self.noised(x_g)
-        logits_real = self.discriminator(real_t, sigma_r, self.teacher)
-        logits_fake = self.discriminator(fake_t, sigma_f, self.teacher)
+        logits_real = self.discriminator(real_t, sigma_r, self.teacher, real_labels)
+        logits_fake = self.discriminator(fake_t, sigma_f, self.teacher, labels)
         disc = discriminator_loss(logits_real, logits_fake)
         opt.zero_grad()
         self.manual_backward(dsm + disc)
@@ -250,13 +272,15 @@ class OneStepTask(DivlabTask):
 
     def generator_step(self, batch_size: int, like: Tensor, opt) -> None:
         self.toggle_optimizer(opt)  # critic weights: no grads
-        x_g = self.generate(torch.randn(batch_size, *like.shape[1:], device=like.device, dtype=like.dtype))
+        labels = self.random_labels(batch_size, like.device)
+        z = torch.randn(batch_size, *like.shape[1:], device=like.device, dtype=like.dtype)
+        x_g = self.generate(z, labels=labels)
         x_t, sigma = self.noised(x_g)
         through = self.objective in ("sid", "uni_instruct")  # gradients through D_p, D_q inputs
         with torch.set_grad_enabled(through):
-            teacher_x0 = self.teacher(x_t, sigma)
-            fake_x0 = self.fake_score(x_t, sigma)
-        logits = self.discriminator(x_t, sigma, self.teacher)
+            teacher_x0 = self.denoise(self.teacher, x_t, sigma, labels)
+            fake_x0 = self.denoise(self.fake_score, x_t, sigma, labels)
+        logits = self.discriminator(x_t, sigma, self.teacher, labels)
         r = density_ratio(logits, lower=self.ratio_lower, upper=self.ratio_upper)
         h = self.normaliser(r, sigma, self.divergence)  # mean 1; h = divergence.weight
         distill = generator_loss(
@@ -291,13 +315,14 @@ class OneStepTask(DivlabTask):
 
     def training_step(self, batch, batch_idx):
         opt_critic, opt_generator = self.optimizers()
-        chunks = batch[0].split(self.batch_size) if self.batch_size else (batch[0],)
-        for real in chunks:  # one round (K critic + 1 generator update) per chunk
+        size = self.batch_size or len(batch[0])
+        labels = batch[1].split(size) if self.label_dim else [None] * len(batch[0].split(size))
+        for real, real_labels in zip(batch[0].split(size), labels):  # a round: K critic + 1 generator update
             if self.max_generator_steps and int(self.generator_steps) >= self.max_generator_steps:
                 self.trainer.should_stop = True
                 return
             for _ in range(self.critic_steps):
-                self.critic_step(real, opt_critic)
+                self.critic_step(real, real_labels, opt_critic)
             self.generator_step(len(real), real, opt_generator)
 
     def on_train_epoch_end(self) -> None:
@@ -311,75 +336,3 @@ class OneStepTask(DivlabTask):
             torch.optim.Adam(critic, lr=self.critic_lr, betas=betas),
             torch.optim.Adam(self.generator.parameters(), lr=self.generator_lr, betas=betas),
         ]
-
-    # --- evaluation --------------------------------------------------------------------------
-    @torch.no_grad()
-    def ema_samples(self, n: int, seed: int) -> Tensor:
-        gen = torch.Generator().manual_seed(seed)
-        shape = self.trainer.datamodule.input_shape
-        z = torch.randn(n, *shape, generator=gen).to(self.device)
-        return self.generate(z, self.generator_ema.module)
-
-    def validation_step(self, batch, batch_idx):
-        pass  # scored on the whole validation set at epoch end
-
-    def on_validation_epoch_end(self) -> None:
-        from divlab.divergences import get_divergence
-
-        dm = self.trainer.datamodule
-        if not hasattr(dm, "points"):
-            return
-        ref = dm.points("val").to(self.device).flatten(1)  # images: pixel vectors
-        sw = get_divergence("sliced_wasserstein", num_projections=64, seed=0)(
-            ref.double(), self.ema_samples(len(ref), 1).flatten(1).double()
-        )
-        self.log("val/sliced_w", float(sw))
-        self.update_best(float(sw))
-
-    def test_step(self, batch, batch_idx):
-        pass  # the metrics compare sample sets at epoch end
-
-    def on_test_epoch_end(self) -> None:
-        from divlab.metrics.generative import evaluate_sampler, scatter_plot
-
-        dm = self.trainer.datamodule
-        student, scorer = (lambda z: self.generate(z, self.generator_ema.module)), self.frozen("image_scorer")
-        if scorer is not None:
-            metrics = evaluate_image_sampler(
-                student, scorer, n=self.eval_samples, nfe=1, seed=self.seed, device=self.device
-            )
-        else:
-            metrics = evaluate_sampler(
-                student,
-                reference=dm.points("test"),
-                mixture=dm.mixture,
-                n=self.eval_samples,
-                nfe=1,
-                seed=self.seed,
-                device=self.device,
-            )
-        for k, v in metrics.items():
-            self.log(f"test/{k}", v)
-        if self.run_dir is not None and self.global_rank == 0:
-            gen = torch.Generator().manual_seed(10_000 + self.seed)
-            n = GRID_IMAGES if scorer is not None else self.eval_samples
-            z = torch.randn(n, *dm.input_shape, generator=gen).to(self.device)
-            steps = self.teacher_sample_steps
-            panels = {
-                "data (test)": dm.points("test")[:n],
-                f"teacher Heun NFE {sampler_nfe('heun', steps)}": sample(
-                    self.teacher, z, method="heun", num_steps=steps
-                ).cpu(),
-                "teacher NFE 1": sample(self.teacher, z, method="euler", num_steps=1).cpu(),
-                f"student NFE 1 ({self.objective}, {self.divergence.name})": self.generate(
-                    z, self.generator_ema.module
-                )
-                .detach()
-                .cpu(),
-            }
-            path = Path(self.run_dir) / "samples.png"
-            if scorer is not None:
-                image_grid(path, panels)
-                log_figure(self.loggers, "samples", path, step=int(self.generator_steps))
-            else:
-                scatter_plot(path, panels)

@@ -134,3 +134,21 @@ def check_models_agree(*, data_classes: int, student, teacher=None) -> None:
             f"teacher.model has {teacher.num_classes} classes but student.model has "
             f"{student.num_classes}; set teacher.model.num_classes to match"
         )
+
+
+def check_takes_inputs(model, *, key: str, data) -> None:
+    """`key` (e.g. teacher.model) takes images with as many channels as cfg.data gives (data.input_shape),
+    checked on its first convolution before a teacher is trained or loaded, and without running it (a
+    cached teacher never runs): a CIFAR (3-channel) network on 1-channel digits fails here."""
+    import torch
+
+    shape = data.get("input_shape")
+    conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if shape is None or len(shape) != 3 or conv is None or conv.in_channels == shape[0]:
+        return
+    size, group = "x".join(map(str, shape)), key.split(".")[0]
+    raise ConfigError(
+        f"{key} ({type(model).__name__}) takes {conv.in_channels}-channel images but data={data.name} gives "
+        f"{size} images; choose a {group}= option made for data={data.name}, or a data= option with "
+        f"{conv.in_channels}-channel images"
+    )

@@ -44,7 +44,10 @@ def drop_path_keys(obj: Any) -> Any:
 def prune_unused(cfg: DictConfig) -> DictConfig:
     """Set the optional groups the task does not read (not in `task.uses`) to None, in place, so
     they are neither resolved (a KD teacher's `${data.input_shape}` means nothing on text), hashed,
-    nor printed."""
+    nor printed. A Hugging Face student on token data first brings its tokenizer (utils.hf_student)."""
+    from divlab.utils.hf_student import follow_hf_student
+
+    follow_hf_student(cfg)
     uses = set(cfg.task.get("uses") or ())
     with open_dict(cfg):
         for key in OPTIONAL_GROUPS:

@@ -2,18 +2,25 @@
 hyperparameters and the Hydra group choices (`hydra.runtime.choices`) as tags.
 
 - CSV and TensorBoard: the resolved config, plus `choices`, in <run_dir>/<logger>/hparams.yaml.
+- CSV (HistoryCSVLogger): <run_dir>/csv/metrics.csv holds the run's whole history: each row is written as it is
+  logged, and a run resumed from a checkpoint keeps the rows logged up to that checkpoint.
 - wandb: the same as the run's config, the choices as tags (`experiment=kd/digits`, `divergence=forward_kl`,
   ...), and one run id per run directory (<run_dir>/wandb_id.txt), passed with resume="allow", so a
   killed or requeued run continues the same wandb run instead of starting a new one.
 """
 
+import csv
+import io
 import os
 import secrets
 import string
 from pathlib import Path
 
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
 
 from divlab.utils.io import atomic_write_text
@@ -60,13 +67,84 @@ def wandb_run_id(run_dir: Path) -> str:
     return run_id
 
 
-def build_loggers(cfg: DictConfig, choices: dict[str, str] | None = None) -> list:
-    """The loggers of cfg.logger; a WandbLogger gets id/resume/tags unless its config sets them."""
+def checkpoint_position(path: str | os.PathLike) -> tuple[int, int]:
+    """(epoch, logging step) a Lightning checkpoint was saved at; the logging step is the one loggers use
+    (batches that stepped), which differs from global_step when a task steps several optimisers."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    loop = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+    return int(ckpt["epoch"]), int(loop.get("_batches_that_stepped", ckpt["global_step"]))
+
+
+def _logged_before(row: dict, epoch: int, step: int) -> bool:
+    """Whether a metrics.csv row was logged before a checkpoint of (epoch, step): the epoch-end rows of
+    epoch k have step (batches of epochs 0..k) - 1; rows without an epoch (logged by hand) go by step."""
+    return float(row["step"]) < step and float(row.get("epoch") or 0) <= epoch
+
+
+class _HistoryWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that resuming keeps the rows logged before the checkpoint (instead of
+    deleting metrics.csv) and drops the later ones, which the resumed run logs again."""
+
+    def __init__(self, log_dir: str, *, resume_from: str | None):
+        self.resume_from = resume_from
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        if self.resume_from is None or not self._fs.isfile(self.metrics_file_path):
+            return super()._check_log_dir_exists()  # a fresh run: an old metrics.csv is deleted
+        epoch, step = checkpoint_position(self.resume_from)
+        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+            reader = csv.DictReader(f)
+            kept = [r for r in reader if _logged_before(r, epoch, step)]
+            self.metrics_keys = sorted(reader.fieldnames or [])
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self.metrics_keys)
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write_text(self.metrics_file_path, text.getvalue())
+
+
+class HistoryCSVLogger(CSVLogger):
+    """Lightning's CSVLogger keeping the run's whole history in <save_dir>/<name>/metrics.csv across kills and
+    resumes: every row is appended when it is logged, so a kill loses none (flush_logs_every_n_steps=1), and
+    a resumed run keeps the rows logged up to its checkpoint. New metric columns rewrite the header."""
+
+    def __init__(
+        self,
+        *,
+        save_dir: str,  # the run directory
+        name: str = "csv",  # files go to <save_dir>/<name>/<version>
+        version: str = "",  # "": no version folder (one run per run directory)
+        resume_from: str | None = None,  # checkpoint the run resumes from (set by the runner); None: new file
+        flush_logs_every_n_steps: int = 1,  # write rows every n logging steps; 1: a kill loses none
+    ):
+        super().__init__(
+            save_dir, name=name, version=version, flush_logs_every_n_steps=flush_logs_every_n_steps
+        )
+        self.resume_from = None if resume_from is None else str(resume_from)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _HistoryWriter(self.log_dir, resume_from=self.resume_from)
+        return self._experiment
+
+
+def build_loggers(cfg: DictConfig, choices: dict[str, str] | None = None, *, resume=None) -> list:
+    """The loggers of cfg.logger; a WandbLogger gets id/resume/tags unless its config sets them, a
+    HistoryCSVLogger the checkpoint the run resumes from (`resume`)."""
     choices = hydra_choices(cfg) if choices is None else choices
     loggers = []
     for spec in [c for c in (cfg.get("logger") or {}).values() if c]:
         extra = {}
-        if "Wandb" in str(spec.get("_target_", "")):
+        target = str(spec.get("_target_", ""))
+        if target.startswith("divlab.") and issubclass(get_class(target), HistoryCSVLogger):
+            extra = {"resume_from": None if resume is None else str(resume)}
+        elif "Wandb" in str(spec.get("_target_", "")):
             os.environ.setdefault("WANDB_MODE", "offline")  # offline unless the user says otherwise
             wandb_dir = Path(cfg.run_dir) / "wandb"
             for var, sub in (

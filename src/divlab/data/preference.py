@@ -1,0 +1,314 @@
+"""Preference data for task=dpo (`data=preference`): a prompt, a chosen and a rejected response.
+
+Sources (`source`):
+
+- `offline`: the arithmetic word problems of divlab.data.instruct_offline (no download) with a verifiable
+  preference: chosen = the correct one-sentence answer ("Tom has 19 apples."), rejected = the same sentence
+  with a plausible wrong number: the answer off by 1 to 3, or its digits swapped ("Tom has 91 apples.");
+- a `.jsonl` file of `{"prompt", "chosen", "rejected"}` rows (strings; optional integer "answer");
+- `hf:<dataset>[:<split>]`: `datasets.load_dataset` (a Hub id for users with the network, or a local folder)
+  whose rows have the same three string fields.
+
+A permutation seeded by `data_seed` deals the rows to test, then val, then train (held-out prompts never train).
+Every bad row fails before training in one sentence naming data.datamodule.source and its line (file) or
+row (data set): a missing or empty field, or chosen == rejected.
+
+Prompts are chat-templated with the model's tokenizer (`add_generation_prompt=True`; longer than
+`max_prompt_tokens`: the first tokens go), responses are tokenised with eos and cut to `max_response_tokens`.
+A batch of B preferences holds 2B rows in the layout of divlab's LM data (divlab.objectives.lm.action_mask):
+
+    tokens      (2B, L)  rows 0..B-1: prompt + chosen + eos; rows B..2B-1: prompt + rejected + eos; pad_id after
+    prompt_len  (2B,)    tokens of the templated prompt
+    length      (2B,)    real tokens of the row
+    index       (B,)     the row of examples(split) each preference came from
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from divlab.data.instruct import SPLITS, check_tokenizer
+from divlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+KEY = "data.datamodule.source"
+FIELDS = ("prompt", "chosen", "rejected")
+
+
+# ------------------------------------------------------------------ rows
+def check_row(row: object, *, where: str) -> dict:
+    """{"prompt", "chosen", "rejected", "answer"} of one row; `where` names it ("...: line 3")."""
+    if not isinstance(row, Mapping):
+        raise ConfigError(
+            f"{where} is a {type(row).__name__}, not a JSON object with prompt, chosen, rejected."
+        )
+    for field in FIELDS:
+        value = row.get(field)
+        if not isinstance(value, str) or not value.strip():
+            state = "is missing" if field not in row else "is not a non-empty string"
+            raise ConfigError(
+                f"{where} has no usable {field!r} field (it {state}); each row needs {', '.join(FIELDS)}."
+            )
+    if row["chosen"].strip() == row["rejected"].strip():
+        raise ConfigError(f"{where} has chosen == rejected; a preference needs two different responses.")
+    answer = row.get("answer")
+    if answer is not None and (isinstance(answer, bool) or not re.fullmatch(r"-?\d+", str(answer).strip())):
+        raise ConfigError(f"{where} has an answer {answer!r} that is not an integer; remove it or write one.")
+    return {
+        "prompt": row["prompt"],
+        "chosen": row["chosen"],
+        "rejected": row["rejected"],
+        "answer": None if answer is None else str(answer).strip(),
+    }
+
+
+def read_rows(source: str) -> list[dict]:
+    """The checked rows of a .jsonl file or of `hf:<dataset>[:<split>]`, in order."""
+    if source.startswith("hf:"):
+        rows = [check_row(r, where=f"{KEY}={source}: row {i}") for i, r in enumerate(_hf_rows(source))]
+    else:
+        rows = [check_row(r, where=f"{KEY}={source}: line {n}") for n, r in _jsonl_rows(Path(source))]
+    if not rows:
+        raise ConfigError(f"{KEY}={source} has no rows; give a file with at least one preference.")
+    return rows
+
+
+def _jsonl_rows(path: Path) -> Iterable[tuple[int, object]]:
+    if not path.is_file():
+        raise ConfigError(
+            f"{KEY}={path} is neither offline, hf:<dataset>[:<split>] nor an existing .jsonl file."
+        )
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(
+                    f"{KEY}={path}: line {n} is not valid JSON ({err.msg}); fix or remove it."
+                ) from None
+
+
+def _hf_rows(source: str):
+    dataset, _, split = source[3:].partition(":")
+    try:
+        import datasets  # only for user-named data sets (the network or its cache)
+    except ImportError:
+        raise ConfigError(f"{KEY}={source} needs the package datasets; pip install datasets.") from None
+    try:
+        return datasets.load_dataset(dataset, split=split or "train")
+    except Exception as err:
+        raise ConfigError(
+            f"{KEY}={source} could not be loaded by datasets.load_dataset ({type(err).__name__}: {err}); "
+            "check the name and split or download it first."
+        ) from None
+
+
+def wrong_answer(answer: int, rng: np.random.Generator) -> int:
+    """A plausible wrong answer: the digits of a two-or-more-digit answer swapped (half the time, when that
+    changes it), else the answer off by 1 to 3 (never negative, never the answer)."""
+    digits = str(answer)
+    if len(set(digits)) > 1 and rng.random() < 0.5:
+        i = int(rng.integers(len(digits) - 1))
+        swapped = digits[:i] + digits[i + 1] + digits[i] + digits[i + 2 :]
+        if swapped[0] != "0":
+            return int(swapped)
+    deltas = [d for d in (-3, -2, -1, 1, 2, 3) if answer + d >= 0]
+    return answer + int(rng.choice(deltas))
+
+
+def offline_rows(n: int, *, data_seed: int) -> list[dict]:
+    """n arithmetic preferences (module docstring) from the offline word problems of `data_seed`."""
+    from divlab.data.instruct_offline import arith_pool
+
+    pool = arith_pool(data_seed)
+    if n > len(pool):
+        raise ConfigError(
+            f"the offline preference set has {len(pool)} problems but n_train + n_val + n_test = {n}; "
+            "lower data.datamodule.n_train."
+        )
+    rng = np.random.default_rng([data_seed, 4099])
+    rows = []
+    for e in pool[:n]:
+        answer = int(e["answer"])
+        wrong = wrong_answer(answer, rng)
+        rejected = re.sub(rf"\b{answer}\b", str(wrong), e["response"], count=1)
+        rows.append(
+            {"prompt": e["prompt"], "chosen": e["response"], "rejected": rejected, "answer": e["answer"]}
+        )
+    return rows
+
+
+def load_splits(source: str, *, n_train: int | None, n_val: int, n_test: int, data_seed: int) -> dict:
+    """{split: [row]}: rows dealt by a data_seed permutation, the first n_test to test, the next n_val to val,
+    the next n_train (None: the rest) to train."""
+    if source == "offline":
+        if n_train is None:
+            raise ConfigError(
+                "data.datamodule.n_train must be a number for source=offline (null: every row of a file)."
+            )
+        rows = offline_rows(n_test + n_val + n_train, data_seed=data_seed)
+    else:
+        rows = read_rows(source)
+    need = n_test + n_val + (1 if n_train is None else n_train)
+    if len(rows) < need:
+        raise ConfigError(
+            f"{KEY}={source} has {len(rows)} rows, fewer than n_test + n_val + n_train = {need}; lower "
+            "data.datamodule.n_train (or null: every row not held out)."
+        )
+    order = np.random.default_rng(data_seed).permutation(len(rows)).tolist()
+    end = len(rows) if n_train is None else need
+    return {
+        "test": [rows[i] for i in order[:n_test]],
+        "val": [rows[i] for i in order[n_test : n_test + n_val]],
+        "train": [rows[i] for i in order[n_test + n_val : end]],
+    }
+
+
+# ------------------------------------------------------------------ tensors
+class PreferenceDataset(Dataset):
+    """(prompt ids, chosen ids, rejected ids) per preference; collate_pairs makes the batch."""
+
+    def __init__(self, prompts: list[list[int]], chosen: list[list[int]], rejected: list[list[int]]):
+        self.rows = list(zip(prompts, chosen, rejected, strict=True))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple:
+        return (*self.rows[i], i)
+
+
+def pair_batch(items: list[tuple], *, pad_id: int) -> dict:
+    """The 2B-row batch of the module docstring from (prompt, chosen, rejected, index) items."""
+    prompts = [p for p, *_ in items] * 2
+    rows = [p + c for p, c, _, _ in items] + [p + r for p, _, r, _ in items]
+    tokens = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return {
+        "tokens": tokens,
+        "prompt_len": torch.tensor([len(p) for p in prompts]),
+        "length": torch.tensor([len(r) for r in rows]),
+        "index": torch.tensor([i for *_, i in items]),
+    }
+
+
+class PreferenceDataModule(pl.LightningDataModule):
+    """Chat-templated preferences from the offline arithmetic set, a JSONL file or a Hugging Face data set."""
+
+    kind = "preference"  # task=dpo reads this
+
+    def __init__(
+        self,
+        *,
+        tokenizer,  # a transformers tokenizer with a chat template (the policy's)
+        source: str = "offline",  # offline | a .jsonl path | hf:<dataset>[:<split>]
+        n_train: int | None = 512,  # training preferences (file/hf: None = every row not held out)
+        n_val: int = 64,  # validation preferences
+        n_test: int = 64,  # held-out test preferences
+        max_prompt_tokens: int = 96,  # longer templated prompts lose their first tokens
+        max_response_tokens: int = 32,  # responses are cut to this many tokens, eos included
+        batch_size: int = 8,  # preferences per batch and process (2x rows)
+        data_seed: int = 0,  # which offline problems / which rows go to which split
+        num_workers: int = 0,  # DataLoader worker processes
+        seed: int = 0,  # the batch order (per epoch); the runner passes it
+    ):
+        super().__init__()
+        for key, value, low in (
+            ("n_val", n_val, 1),
+            ("n_test", n_test, 1),
+            ("batch_size", batch_size, 1),
+            ("max_prompt_tokens", max_prompt_tokens, 1),
+            ("max_response_tokens", max_response_tokens, 2),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"data.datamodule.{key} must be an integer >= {low}, got {value!r}.")
+        if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 1):
+            raise ConfigError(
+                f"data.datamodule.n_train must be an integer >= 1 (or null for a file), got {n_train!r}."
+            )
+        self.tokenizer = tokenizer
+        self.pad_id, self.eos_id = check_tokenizer(tokenizer)
+        self.source, self.seed = str(source), seed
+        self.max_prompt_tokens, self.max_response_tokens = max_prompt_tokens, max_response_tokens
+        self.max_len = max_prompt_tokens + max_response_tokens
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self._examples = load_splits(
+            self.source, n_train=n_train, n_val=n_val, n_test=n_test, data_seed=data_seed
+        )
+        self._splits, tied = {}, 0
+        for split in SPLITS:
+            rows = self._examples[split]
+            prompts = [self.prompt_ids(r["prompt"]) for r in rows]
+            chosen = [self.response_ids(r["chosen"]) for r in rows]
+            rejected = [self.response_ids(r["rejected"]) for r in rows]
+            tied += sum(c == r for c, r in zip(chosen, rejected))
+            self._splits[split] = PreferenceDataset(prompts, chosen, rejected)
+        if tied:
+            log.warning(
+                "%d preferences have the same chosen and rejected tokens after the cut to "
+                "data.datamodule.max_response_tokens=%d: they carry no preference; raise it.",
+                tied,
+                max_response_tokens,
+            )
+
+    def prompt_ids(self, text: str) -> list[int]:
+        out = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+        )
+        ids = out["input_ids"] if isinstance(out, Mapping) else out  # transformers 5: a BatchEncoding
+        return [int(i) for i in ids][-self.max_prompt_tokens :]
+
+    def response_ids(self, text: str) -> list[int]:
+        ids = [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+        return ids[: self.max_response_tokens - 1] + [self.eos_id]
+
+    def examples(self, split: str) -> list[dict]:
+        """{"prompt", "chosen", "rejected", "answer"} per preference of `split`."""
+        return self._examples[split]
+
+    def dataset(self, split: str) -> PreferenceDataset:
+        return self._splits[split]
+
+    def _collate(self, items: list[tuple]) -> dict:
+        return pair_batch(items, pad_id=self.pad_id)
+
+    def train_dataloader(self) -> DataLoader:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        data = self._splits["train"]
+        sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        return DataLoader(
+            data,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=self._collate,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        return DataLoader(
+            self._splits[split],
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=self._collate,
+        )
