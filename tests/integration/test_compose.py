@@ -55,7 +55,12 @@ PARTNERS = {
         "swissroll": DENOISE,
     },
     "student": {"gpt_tiny": LM, "gpt_small": LM, "edm_mlp2d": DENOISE, "edm_unet_digits": DENOISE_DIGITS},
-    "teacher": {"edm_mlp2d": ONE_STEP, "edm_gmm_exact": ONE_STEP, "edm_unet_digits": ONE_STEP_DIGITS},
+    "teacher": {
+        "edm_mlp2d": ONE_STEP,
+        "edm_gmm_exact": ONE_STEP,
+        "edm_unet_digits": ONE_STEP_DIGITS,
+        "edm_songunet_digits": ONE_STEP_DIGITS,
+    },
     "experiment": {"lm/_shakespeare_common": ("task=lm",)},  # the shared part of lm/ and seqmatch/shakespeare
 }
 # Hugging Face options: composed and resolved here; building them loads SmolLM2-135M (tests/integration/

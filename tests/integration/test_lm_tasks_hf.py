@@ -151,3 +151,17 @@ def test_the_plain_task_runs_with_an_hf_student(compose_cfg, hf_student, task):
     """`divlab task=seqmatch|mix_lm student=...` with debug=fast, no experiment file (tiny Llama for SmolLM2)."""
     m = run(compose_cfg(f"task={task}", *hf_student))["metrics"]
     finite(m, *(("test/loss", "test/acc_clean") if task == "seqmatch" else ("val/avg_ppl", "test/avg_ppl")))
+
+
+def test_recompute_sampler_projects_only_the_last_positions(tiny_llama_dir):
+    from divlab.models.hf import build_hf_lm
+    from divlab.tasks.seqmatch_sampler import last_logits
+
+    model = build_hf_lm(source="local", path=str(tiny_llama_dir)).eval()
+    ids = torch.randint(3, 100, (3, 7))
+    lengths = torch.tensor([7, 4, 2])
+    mask = (torch.arange(7)[None] < lengths[:, None]).long()
+    with torch.no_grad():
+        fast = last_logits(model, ids, mask, lengths)
+        full = model(ids, attention_mask=mask)[torch.arange(3), lengths - 1].float()
+    assert fast.shape == (3, model.vocab_size) and torch.allclose(fast, full, atol=1e-5)

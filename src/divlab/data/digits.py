@@ -1,4 +1,6 @@
-"""scikit-learn's embedded 8x8 digits as a LightningDataModule (no download)."""
+"""scikit-learn's embedded 8x8 digits as a LightningDataModule (no download). `subset=[labels]` keeps only
+those digits in every split (SuperDiff trains one model per subset); the pixels are standardised with the
+statistics of the *full* training split either way, so models of different subsets share one pixel space."""
 
 import lightning.pytorch as pl
 import numpy as np
@@ -28,6 +30,15 @@ def check_fractions(*, val_fraction: float, test_fraction: float) -> None:
         raise ConfigError("data.datamodule.val_fraction + test_fraction must be < 1")
 
 
+def check_digit_subset(subset) -> list[int] | None:
+    if subset is None:
+        return None
+    labels = sorted({int(c) for c in subset})
+    if not labels or labels[0] < 0 or labels[-1] > 9:
+        raise ConfigError(f"data.datamodule.subset must list digits in 0-9, got {list(subset)!r}")
+    return labels
+
+
 class DigitsDataModule(pl.LightningDataModule):
     """scikit-learn's 8x8 digits with a stratified train/val/test split fixed by data_seed."""
 
@@ -42,9 +53,11 @@ class DigitsDataModule(pl.LightningDataModule):
         data_seed: int = 0,  # fixes the split
         seed: int = 0,  # fixes the batch order (per epoch)
         num_workers: int = 0,
+        subset: list | None = None,  # digits to keep (e.g. [0, 1, 2, 3, 4]); None = all ten
     ):
         super().__init__()
         check_fractions(val_fraction=val_fraction, test_fraction=test_fraction)
+        self.subset = check_digit_subset(subset)
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.val_fraction, self.test_fraction, self.data_seed = val_fraction, test_fraction, data_seed
         self.num_classes, self.input_shape = 10, (1, 8, 8)
@@ -62,8 +75,10 @@ class DigitsDataModule(pl.LightningDataModule):
             test_fraction=self.test_fraction,
             data_seed=self.data_seed,
         )
-        mean, std = x[tr].mean(), x[tr].std()  # normalise with train statistics only
+        mean, std = x[tr].mean(), x[tr].std()  # normalise with train statistics only (all digits)
         x = (x - mean) / std
+        if self.subset is not None:
+            tr, va, te = (i[np.isin(digits.target[i], self.subset)] for i in (tr, va, te))
         self._splits = {
             name: TensorDataset(x[i], y[i]) for name, i in (("train", tr), ("val", va), ("test", te))
         }

@@ -193,6 +193,17 @@ def sample_with_backspace(
 
 
 @torch.no_grad()
+def last_logits(model, ids: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+    """(B, V) float logits at each row's last real token. An HFCausalLM projects only those B hidden states
+    (its forward is hidden_states @ output_weight.T), not all B x L positions: at a 49,152-token vocabulary
+    the full logits cost ~L times more than the trunk."""
+    rows = torch.arange(len(ids), device=ids.device)
+    if hasattr(model, "hidden_states") and hasattr(model, "output_weight"):
+        hidden = model.hidden_states(ids, mask)[rows, lengths - 1]
+        return (hidden @ model.output_weight.T).float()
+    return model(ids, attention_mask=mask)[rows, lengths - 1].float()
+
+
 def sample_by_recompute(
     model,
     inputs: Tensor,
@@ -230,7 +241,7 @@ def sample_by_recompute(
         for r, row in enumerate(rows):
             ids[r, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
         mask = (torch.arange(ids.shape[1], device=device)[None] < lengths[:, None]).long()
-        logits = model(ids, attention_mask=mask)[torch.arange(b, device=device), lengths - 1].float()
+        logits = last_logits(model, ids, mask, lengths)
         if never:
             logits[:, list(never)] = float("-inf")
         tok = GPT._sample(logits, temperature=temperature, top_k=top_k, generator=generator)
