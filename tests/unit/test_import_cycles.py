@@ -159,6 +159,8 @@ LAYERS = [
     ("divlab.mixing", "divlab.tasks"),
     ("divlab.utils", "divlab.tasks"),
     ("divlab.utils", "divlab.runner"),
+    ("divlab.decoding", "divlab.tasks"),
+    ("divlab.decoding", "divlab.runner"),
 ]
 
 
