@@ -68,6 +68,7 @@ PARTNERS = {
 HF = ("task=lm_distill",)
 PARTNERS["data"]["instruct"] = HF
 PARTNERS["data"]["preference"] = ("task=dpo",)
+PARTNERS["trainer"] = {"fsdp": ("experiment=lmkd/smol_fkl",)}  # shards HF models (tests/unit/test_sharding.py)
 # EDM networks at paper scale: their weights are converted checkpoints (teacher.model.path), so they compose
 # within their recipes, which check that the config resolves (tests/unit/test_edm_checkpoint.py loads weights).
 EDM_CIFAR10 = ("experiment=onestep/cifar10/fdistill_js",)
@@ -174,7 +175,15 @@ def build_other_task(cfg, dm) -> None:
     assert trainer is not None
 
 
-@pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
+# Cases whose build trains proxy models (about two minutes each on the 2-core CI machine): `make test-full` only.
+SLOW_CASES = {("mixer", "grid"), ("mixer", "dml")}
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [pytest.param(g, o, marks=pytest.mark.slow) if (g, o) in SLOW_CASES else (g, o) for g, o in CASES],
+    ids=[f"{g}={o}" for g, o in CASES],
+)
 def test_option_composes_and_instantiates(compose_cfg, tmp_path, group, option):
     cfg = compose_cfg(*partners(group, option), f"{group}={option}", fast=False, hydra=group in HYDRA_PARTS)
     prune_unused(cfg)

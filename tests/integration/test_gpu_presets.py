@@ -15,7 +15,7 @@ pytestmark = pytest.mark.requires_gpu
         ("trainer=gpu", "trainer.precision=bf16-mixed"),
         ("trainer=gpu", "compile=true"),
         ("trainer=ddp", "trainer.devices=1", "trainer.sync_batchnorm=false"),
-        ("trainer=fsdp", "trainer.devices=1"),
+        ("trainer=ddp_gpu", "trainer.devices=1"),
     ],
     ids=lambda o: " ".join(o),
 )

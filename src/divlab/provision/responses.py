@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -56,6 +57,31 @@ def _read(path: Path, n: int) -> list[str]:
     return [r["response"] for r in rows]
 
 
+def own_prompt_batches(model, datamodule, split: str, *, batch_size: int):
+    """The split's prompts in `model`'s tokens: the data's own batches when `model` has the data's tokenizer
+    (vocabulary and chat template), else every example's messages templated by `model.tokenizer`, cut to
+    data.datamodule.max_prompt_tokens and left-padded alike (a teacher with another vocabulary: sequence-level
+    KD passes text, so it works across tokenizers)."""
+    tok, data = model.tokenizer, datamodule.tokenizer
+    if tok is data or (tok.get_vocab(), tok.chat_template) == (data.get_vocab(), data.chat_template):
+        yield from datamodule.prompt_batches(split, batch_size=batch_size)
+        return
+    rows = []
+    for e in datamodule.examples(split):
+        out = tok.apply_chat_template(e["messages"], add_generation_prompt=True, tokenize=True)
+        ids = out["input_ids"] if isinstance(out, Mapping) else out  # transformers 5: a BatchEncoding
+        rows.append([int(i) for i in ids][-datamodule.max_prompt_tokens :])
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.full((len(chunk), width), model.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, row in enumerate(chunk):
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+        yield {"input_ids": ids, "attention_mask": mask, "index": torch.arange(start, start + len(chunk))}
+
+
 @torch.no_grad()
 def generate_responses(
     model, datamodule, split: str, *, max_new_tokens: int, batch_size: int, temperature: float = 0.0
@@ -65,7 +91,7 @@ def generate_responses(
     out: list[str | None] = [None] * len(examples)
     was_training = model.training
     model.eval()
-    for batch in datamodule.prompt_batches(split, batch_size=batch_size):
+    for batch in own_prompt_batches(model, datamodule, split, batch_size=batch_size):
         new = model.generate(
             batch["input_ids"],
             batch["attention_mask"],

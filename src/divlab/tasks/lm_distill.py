@@ -124,7 +124,13 @@ def build(cfg: DictConfig, *, datamodule=None) -> LMDistillTask:
         )
     student = build_spec(cfg.student.model)
     teacher = provision_teacher(cfg, build_spec(cfg.teacher.model))
-    check_same_tokenizer(teacher, student, teacher_key="teacher.model", student_key="student.model")
+    try:
+        check_same_tokenizer(teacher, student, teacher_key="teacher.model", student_key="student.model")
+        shared_vocab = True
+    except ConfigError:
+        if d.kd_weight > 0:  # token-level KD compares the two next-token distributions: one vocabulary
+            raise
+        shared_vocab = False  # sequence-level KD only: the teacher reads and writes text in its own tokens
     for key, model in (("student.model", student), ("teacher.model", teacher)):
         if model.context_length < datamodule.max_len + d.max_new_tokens:
             raise ConfigError(
@@ -159,6 +165,7 @@ def build(cfg: DictConfig, *, datamodule=None) -> LMDistillTask:
         teacher_states=states,
         run_dir=cfg.get("run_dir"),
         test_teacher_responses=teacher_responses(cfg, teacher, datamodule, "test", **kwargs),
+        shared_vocab=shared_vocab,
         **optimization(cfg),
     )
 
@@ -180,6 +187,7 @@ class LMDistillTask(DivlabTask):
         test_teacher_responses: list[str] | None = None,  # the teacher's greedy test responses
         teacher_states: dict
         | None = None,  # split -> per-example teacher hidden states (provision.teacher_states)
+        shared_vocab: bool = True,  # teacher and student share a tokenizer (else no test/teacher_nll)
         run_dir: str | None = None,
     ):  # responses.jsonl goes here (rank 0); None: not written
         super().__init__(seed=seed, task_name="lm_distill", best_metric="val/loss", best_mode="min")
@@ -192,7 +200,7 @@ class LMDistillTask(DivlabTask):
         )
         self.max_new_tokens, self.eval_batch_size = int(max_new_tokens), int(eval_batch_size)
         self.test_teacher_responses, self.run_dir = test_teacher_responses, run_dir
-        self.teacher_states = teacher_states or {}
+        self.teacher_states, self.shared_vocab = teacher_states or {}, shared_vocab
         self._tokens_seen, self._epoch_start = 0, 0.0
 
     @property
@@ -284,7 +292,14 @@ class LMDistillTask(DivlabTask):
         for name in ("loss", "ce", "kd"):
             self.track(name, terms[name], n)
         self.track("on_policy", torch.tensor(float(on_policy)), 1)
-        return terms["loss"]
+        return self.global_token_mean(terms["loss"], n)
+
+    def global_token_mean(self, loss: Tensor, n: Tensor) -> Tensor:
+        """loss * n_rank * world / n_all: the ranks' mean gradient is then that of the mean over all tokens."""
+        if self.trainer.world_size == 1:
+            return loss
+        total = self.trainer.strategy.reduce(n.detach().float(), reduce_op="sum")
+        return loss * (n * self.trainer.world_size / total)
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
@@ -349,10 +364,9 @@ class LMDistillTask(DivlabTask):
         tok, eos, pad = self.model.tokenizer, self.model.eos_id, self.model.pad_id
         texts = [decode_response(tok, g, eos_id=eos, pad_id=pad) for g in generated]
         references = [e["response"] for e in examples]
-        metrics = {
-            "test/rougeL": rouge_l(texts, references),
-            "test/teacher_nll": self.nll_of(self.teacher, prompts, generated),
-        }
+        metrics = {"test/rougeL": rouge_l(texts, references)}
+        if self.shared_vocab:  # the teacher scores the student's ids
+            metrics["test/teacher_nll"] = self.nll_of(self.teacher, prompts, generated)
         em = exact_match(texts, [e.get("answer") for e in examples])
         if not math.isnan(em):
             metrics["test/exact_match"] = 100.0 * em

@@ -103,6 +103,11 @@ def check_config(cfg: DictConfig) -> None:
     )  # booleans, unknown section keys and groups, trainer values, nothing to train, output root
     check_number(cfg, "trainer.max_epochs", low=1, strict=False)
     check_strategy_under_multirun(cfg)
+    strategy = cfg.trainer.get("strategy")
+    if isinstance(strategy, DictConfig) and str(strategy.get("_target_", "")).endswith("ShardedHFStrategy"):
+        from divlab.models.hf.sharding import check_fsdp  # trainer=fsdp: HF models, a GPU, its precision
+
+        check_fsdp(cfg)
     uses = set(cfg.task.get("uses") or ())
     for key in ("student", "teacher", "divergence"):
         if key in uses and cfg.get(key) is None:
