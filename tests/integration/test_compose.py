@@ -68,7 +68,9 @@ PARTNERS = {
 HF = ("task=lm_distill",)
 PARTNERS["data"]["instruct"] = HF
 PARTNERS["data"]["preference"] = ("task=dpo",)
-PARTNERS["trainer"] = {"fsdp": ("experiment=lmkd/smol_fkl",)}  # shards HF models (tests/unit/test_sharding.py)
+PARTNERS["trainer"] = {
+    "fsdp": ("experiment=lmkd/smol_fkl",)
+}  # shards HF models (tests/unit/test_sharding.py)
 # EDM networks at paper scale: their weights are converted checkpoints (teacher.model.path), so they compose
 # within their recipes, which check that the config resolves (tests/unit/test_edm_checkpoint.py loads weights).
 EDM_CIFAR10 = ("experiment=onestep/cifar10/fdistill_js",)
