@@ -61,6 +61,20 @@ class PromptResponseDataset(Dataset):
         }
 
 
+def left_padded_batches(rows: Sequence[list[int]], *, batch_size: int, pad_id: int) -> Iterator[dict]:
+    """Token rows in order, `batch_size` at a time, LEFT-padded for generation: input_ids (B, L),
+    attention_mask (B, L), index (B,) into `rows`."""
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, row in enumerate(chunk):
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+        yield {"input_ids": ids, "attention_mask": mask, "index": torch.arange(start, start + len(chunk))}
+
+
 def collate_trimmed(items: list[dict]) -> dict:
     """Stack a batch and drop the padding columns that no row of it uses."""
     batch = {key: torch.stack([item[key] for item in items]) for key in items[0]}
@@ -188,20 +202,9 @@ class InstructDataModule(pl.LightningDataModule):
     def prompt_batches(self, split: str, *, batch_size: int) -> Iterator[dict]:
         """The prompts of `split` in order, LEFT-padded with pad_id: input_ids (B, Lp), attention_mask (B, Lp),
         index (B,) into examples(split)."""
-        prompts = self._prompt_ids[_check_split(split)]
-        for start in range(0, len(prompts), batch_size):
-            rows = prompts[start : start + batch_size]
-            width = max(map(len, rows))
-            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, row in enumerate(rows):
-                ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-                mask[i, width - len(row) :] = 1
-            yield {
-                "input_ids": ids,
-                "attention_mask": mask,
-                "index": torch.arange(start, start + len(rows), dtype=torch.long),
-            }
+        yield from left_padded_batches(
+            self._prompt_ids[_check_split(split)], batch_size=batch_size, pad_id=self.pad_id
+        )
 
     def prompt_digest(self, split: str) -> str:
         """sha256 of the split's tokenised prompts: a cache key for generated responses that changes whenever

@@ -21,6 +21,7 @@ import torch
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
+from divlab.data.instruct import left_padded_batches
 from divlab.errors import ConfigError
 from divlab.utils.console import say
 from divlab.utils.hashing import stable_hash
@@ -71,15 +72,7 @@ def own_prompt_batches(model, datamodule, split: str, *, batch_size: int):
         out = tok.apply_chat_template(e["messages"], add_generation_prompt=True, tokenize=True)
         ids = out["input_ids"] if isinstance(out, Mapping) else out  # transformers 5: a BatchEncoding
         rows.append([int(i) for i in ids][-datamodule.max_prompt_tokens :])
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), model.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, row in enumerate(chunk):
-            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row) :] = 1
-        yield {"input_ids": ids, "attention_mask": mask, "index": torch.arange(start, start + len(chunk))}
+    yield from left_padded_batches(rows, batch_size=batch_size, pad_id=model.pad_id)
 
 
 @torch.no_grad()
