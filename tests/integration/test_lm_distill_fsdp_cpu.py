@@ -95,11 +95,8 @@ def test_fsdp_on_two_cpu_ranks_equals_one_process(run_cli, tiny_llama_dir, outpu
     assert records["one"]["global_step"] == records["fsdp"]["global_step"] == 4
     for key in KEYS:
         assert records["fsdp"]["metrics"][key] == pytest.approx(records["one"]["metrics"][key], rel=2e-4), key
-    state = torch.load(
-        Path(records["fsdp"]["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
-    )["state_dict"]
+    fsdp_ckpt, one_ckpt = (Path(records[k]["run_dir"]) / "checkpoints" / "last.ckpt" for k in ("fsdp", "one"))
+    state = torch.load(fsdp_ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert not any(k.startswith("sharded_") for k in state)  # the frozen teacher is not saved
-    reference = torch.load(
-        Path(records["one"]["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
-    )["state_dict"]
+    reference = torch.load(one_ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert set(state) == set(reference)

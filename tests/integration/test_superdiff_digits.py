@@ -42,7 +42,7 @@ def test_or_puts_mass_on_both_subsets_with_exact_part_models(compose_cfg):
         )
     )
     run_dir, m = Path(record["run_dir"]), record["metrics"]
-    samples = torch.load(run_dir / "samples.pt")
+    samples = torch.load(run_dir / "samples.pt", weights_only=True)
     low = {name: float((nearest_train_labels(s["x"]) <= 4).double().mean()) for name, s in samples.items()}
     assert low["model1"] > 0.95 and low["model2"] < 0.05  # each model alone keeps to its subset
     assert 0.25 < low["or"] < 0.75  # OR: both subsets (the even mixture of the two models)
