@@ -98,19 +98,34 @@ def build(cfg: DictConfig, *, datamodule=None) -> SuperposeTask:
         part_mixtures=part_mixtures,
         parts=parts,
         samplers=samplers,
-        num_samples=sc.num_samples,
-        num_steps=sc.num_steps,
-        sigma_min=sc.sigma_min,
-        sigma_max=sc.sigma_max,
-        rho=sc.rho,
-        temperature=sc.or_temperature,
-        weights=list(sc.or_weights),
+        **sampling_settings(sc),
         near_stds=sc.near_stds,
         hdr_mass=sc.hdr_mass,
         seed=cfg.seed,
         run_dir=cfg.get("run_dir"),
         plots=sc.plots,
     )
+
+
+def sampling_settings(sc: DictConfig) -> dict:
+    """The `superpose.*` sampler settings both SuperDiff tasks take, as constructor keywords."""
+    return {
+        "num_samples": sc.num_samples,
+        "num_steps": sc.num_steps,
+        "sigma_min": sc.sigma_min,
+        "sigma_max": sc.sigma_max,
+        "rho": sc.rho,
+        "temperature": sc.or_temperature,
+        "weights": list(sc.or_weights),
+    }
+
+
+def log_sampler_metrics(task: DivlabTask, name: str, metrics: dict) -> None:
+    """test/<sampler>/<metric>, and test/<metric> too when the run has one sampler."""
+    for key, value in metrics.items():
+        task.log(f"test/{name}/{key}", value)
+        if len(task.samplers) == 1:
+            task.log(f"test/{key}", value)
 
 
 def part_models(cfg: DictConfig, parts: list[list[int]], part_mixtures) -> list:
@@ -226,10 +241,7 @@ class SuperposeTask(DivlabTask):
                 "sec_per_1k": seconds * 1000.0 / self.num_samples,
             }
             self.results[name] = {"x": x, "exact": exact, "tracked": result.log_q.cpu(), "metrics": metrics}
-            for key, value in metrics.items():
-                self.log(f"test/{name}/{key}", value)
-                if len(self.samplers) == 1:
-                    self.log(f"test/{key}", value)
+            log_sampler_metrics(self, name, metrics)
         if self.plots and self.run_dir and self.trainer.is_global_zero:
             self.save_artifacts(Path(self.run_dir))
 

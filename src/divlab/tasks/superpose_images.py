@@ -31,7 +31,7 @@ from divlab.metrics.image import build_image_scorer, image_grid
 from divlab.metrics.superdiff_images import part_metrics, plot_part_mass
 from divlab.objectives.superdiff import superdiff_sample
 from divlab.tasks.base import DivlabTask
-from divlab.tasks.superpose import SAMPLERS
+from divlab.tasks.superpose import SAMPLERS, log_sampler_metrics, sampling_settings
 
 
 def build(cfg: DictConfig, *, datamodule=None) -> SuperposeImagesTask:
@@ -75,13 +75,7 @@ def build(cfg: DictConfig, *, datamodule=None) -> SuperposeImagesTask:
         parts=parts,
         shape=shape,
         samplers=samplers,
-        num_samples=sc.num_samples,
-        num_steps=sc.num_steps,
-        sigma_min=sc.sigma_min,
-        sigma_max=sc.sigma_max,
-        rho=sc.rho,
-        temperature=sc.or_temperature,
-        weights=list(sc.or_weights),
+        **sampling_settings(sc),
         ambiguous_mass=sc.ambiguous_mass,
         seed=cfg.seed,
         run_dir=cfg.get("run_dir"),
@@ -223,10 +217,7 @@ class SuperposeImagesTask(DivlabTask):
                 "sec_per_1k": seconds * 1000.0 / self.num_samples,
             }
             self.results[name] = {"x": images, "probs": probs, "tracked": tracked, "metrics": metrics}
-            for key, value in metrics.items():
-                self.log(f"test/{name}/{key}", value)
-                if len(self.samplers) == 1:
-                    self.log(f"test/{key}", value)
+            log_sampler_metrics(self, name, metrics)
         if self.plots and self.run_dir and self.trainer.is_global_zero:
             self.save_artifacts(Path(self.run_dir))
 
