@@ -103,19 +103,14 @@ class InstructDataModule(pl.LightningDataModule):
         seed: int = 0,
     ):  # fixes the batch order (per epoch); the runner passes it
         super().__init__()
-        for key, value, low in (
-            ("n_val", n_val, 1),
-            ("n_test", n_test, 1),
-            ("batch_size", batch_size, 1),
-            ("max_prompt_tokens", max_prompt_tokens, 1),
-            ("max_response_tokens", max_response_tokens, 2),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"data.datamodule.{key} must be an integer >= {low}, got {value!r}.")
-        if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 1):
-            raise ConfigError(
-                f"data.datamodule.n_train must be an integer >= 1 (or null for a file), got {n_train!r}."
-            )
+        check_sizes(
+            n_train=n_train,
+            n_val=n_val,
+            n_test=n_test,
+            batch_size=batch_size,
+            max_prompt_tokens=max_prompt_tokens,
+            max_response_tokens=max_response_tokens,
+        )
         self.tokenizer = tokenizer
         self.pad_id, self.eos_id = check_tokenizer(tokenizer)
         self.vocab_size = len(tokenizer)
@@ -247,6 +242,23 @@ class InstructDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=collate_trimmed,
             persistent_workers=self.num_workers > 0,
+        )
+
+
+def check_sizes(*, n_train, n_val, n_test, batch_size, max_prompt_tokens, max_response_tokens) -> None:
+    """The split sizes and token budgets of a prompt/response data module (n_train None: every row of a file)."""
+    for key, value, low in (
+        ("n_val", n_val, 1),
+        ("n_test", n_test, 1),
+        ("batch_size", batch_size, 1),
+        ("max_prompt_tokens", max_prompt_tokens, 1),
+        ("max_response_tokens", max_response_tokens, 2),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"data.datamodule.{key} must be an integer >= {low}, got {value!r}.")
+    if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 1):
+        raise ConfigError(
+            f"data.datamodule.n_train must be an integer >= 1 (or null for a file), got {n_train!r}."
         )
 
 

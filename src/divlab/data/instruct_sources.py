@@ -33,11 +33,9 @@ KEY = "data.datamodule.source"
 def read_rows(source: str) -> list[dict]:
     """The normalised rows of a .jsonl file or of `hf:<dataset>[:<split>]`, in file order."""
     if source.startswith("hf:"):
-        rows = [
-            normalise_row(row, where=f"{KEY}={source}: row {i}") for i, row in enumerate(_hf_rows(source))
-        ]
+        rows = [normalise_row(row, where=f"{KEY}={source}: row {i}") for i, row in enumerate(hf_rows(source))]
     else:
-        rows = [normalise_row(row, where=f"{KEY}={source}: line {n}") for n, row in _jsonl_rows(Path(source))]
+        rows = [normalise_row(row, where=f"{KEY}={source}: line {n}") for n, row in jsonl_rows(Path(source))]
     if not rows:
         raise ConfigError(
             f"{KEY}={source} has no rows; give a file or data set with at least one prompt/response pair."
@@ -45,7 +43,7 @@ def read_rows(source: str) -> list[dict]:
     return rows
 
 
-def _jsonl_rows(path: Path) -> Iterable[tuple[int, dict]]:
+def jsonl_rows(path: Path) -> Iterable[tuple[int, dict]]:
     if not path.is_file():
         raise ConfigError(
             f"{KEY}={path} is neither offline, hf:<dataset>[:<split>] nor an existing .jsonl file."
@@ -63,7 +61,7 @@ def _jsonl_rows(path: Path) -> Iterable[tuple[int, dict]]:
             yield n, row
 
 
-def _hf_rows(source: str) -> Iterable[Mapping]:
+def hf_rows(source: str) -> Iterable[Mapping]:
     dataset, _, split = source[3:].partition(":")
     try:
         import datasets  # only for user-named Hugging Face data sets (may need the network or its cache)

@@ -25,10 +25,9 @@ A batch of B preferences holds 2B rows in the layout of divlab's LM data (divlab
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -36,7 +35,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from divlab.data.instruct import SPLITS, check_tokenizer
+from divlab.data.instruct import SPLITS, check_sizes, check_tokenizer
+from divlab.data.instruct_sources import hf_rows, jsonl_rows
 from divlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -75,44 +75,12 @@ def check_row(row: object, *, where: str) -> dict:
 def read_rows(source: str) -> list[dict]:
     """The checked rows of a .jsonl file or of `hf:<dataset>[:<split>]`, in order."""
     if source.startswith("hf:"):
-        rows = [check_row(r, where=f"{KEY}={source}: row {i}") for i, r in enumerate(_hf_rows(source))]
+        rows = [check_row(r, where=f"{KEY}={source}: row {i}") for i, r in enumerate(hf_rows(source))]
     else:
-        rows = [check_row(r, where=f"{KEY}={source}: line {n}") for n, r in _jsonl_rows(Path(source))]
+        rows = [check_row(r, where=f"{KEY}={source}: line {n}") for n, r in jsonl_rows(Path(source))]
     if not rows:
         raise ConfigError(f"{KEY}={source} has no rows; give a file with at least one preference.")
     return rows
-
-
-def _jsonl_rows(path: Path) -> Iterable[tuple[int, object]]:
-    if not path.is_file():
-        raise ConfigError(
-            f"{KEY}={path} is neither offline, hf:<dataset>[:<split>] nor an existing .jsonl file."
-        )
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(
-                    f"{KEY}={path}: line {n} is not valid JSON ({err.msg}); fix or remove it."
-                ) from None
-
-
-def _hf_rows(source: str):
-    dataset, _, split = source[3:].partition(":")
-    try:
-        import datasets  # only for user-named data sets (the network or its cache)
-    except ImportError:
-        raise ConfigError(f"{KEY}={source} needs the package datasets; pip install datasets.") from None
-    try:
-        return datasets.load_dataset(dataset, split=split or "train")
-    except Exception as err:
-        raise ConfigError(
-            f"{KEY}={source} could not be loaded by datasets.load_dataset ({type(err).__name__}: {err}); "
-            "check the name and split or download it first."
-        ) from None
 
 
 def wrong_answer(answer: int, rng: np.random.Generator) -> int:
@@ -226,19 +194,14 @@ class PreferenceDataModule(pl.LightningDataModule):
         seed: int = 0,  # the batch order (per epoch); the runner passes it
     ):
         super().__init__()
-        for key, value, low in (
-            ("n_val", n_val, 1),
-            ("n_test", n_test, 1),
-            ("batch_size", batch_size, 1),
-            ("max_prompt_tokens", max_prompt_tokens, 1),
-            ("max_response_tokens", max_response_tokens, 2),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"data.datamodule.{key} must be an integer >= {low}, got {value!r}.")
-        if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 1):
-            raise ConfigError(
-                f"data.datamodule.n_train must be an integer >= 1 (or null for a file), got {n_train!r}."
-            )
+        check_sizes(
+            n_train=n_train,
+            n_val=n_val,
+            n_test=n_test,
+            batch_size=batch_size,
+            max_prompt_tokens=max_prompt_tokens,
+            max_response_tokens=max_response_tokens,
+        )
         self.tokenizer = tokenizer
         self.pad_id, self.eos_id = check_tokenizer(tokenizer)
         self.source, self.seed = str(source), seed
