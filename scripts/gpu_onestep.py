@@ -45,7 +45,8 @@ def compose_cfg(teacher_file: Path, quick: bool, batch: int):
         f"one_step.batch_size={batch}",
     ]
     if quick:
-        overrides += ["teacher=edm_cifar10_small", "trainer=cpu"]
+        # the small teacher, class-conditional as the recipe's
+        overrides += ["teacher=edm_cifar10_small", "teacher.model.network.label_dim=10", "trainer=cpu"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("train", overrides=overrides)
 
@@ -98,7 +99,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small-channel networks and few steps (CPU check)")
     p.add_argument("--steps", type=int, default=None, help="timed generator steps per precision")
     args = p.parse_args()
-    from divlab.models.edm import SIGMA_MAX, sample
+    from divlab.models.edm import sample
     from divlab.models.edm_checkpoint import save_edm_network
     from divlab.tasks.one_step import build
     from divlab.utils.checks import build as build_spec
@@ -124,15 +125,21 @@ def main() -> None:
     task = build(cfg, datamodule=None).to("cuda" if device == "gpu" else "cpu")
     z = torch.randn(batch, 3, 32, 32, device=task.device)
     teacher = task.teacher.to(task.device)
+    labels = task.random_labels(batch, task.device)  # classes of a conditional recipe (None: unconditional)
     for precision in ("32-true", "bf16-mixed"):
         rows[precision]["one_step_images_per_s"] = sampling_images_per_s(
-            lambda x: task.generator(SIGMA_MAX * x, torch.full((len(x),), SIGMA_MAX, device=x.device)),
+            lambda x: task.generate(x, labels=labels),
             z,
             precision=precision,
             repeats=2 if args.quick else 20,
         )
         rows[precision]["heun35_images_per_s"] = sampling_images_per_s(
-            lambda x: sample(teacher, x, method="heun", num_steps=18), z, precision=precision, repeats=1
+            lambda x: sample(
+                lambda y, sigma: task.denoise(teacher, y, sigma, labels), x, method="heun", num_steps=18
+            ),
+            z,
+            precision=precision,
+            repeats=1,
         )
     info = {
         "device": torch.cuda.get_device_name() if device == "gpu" else "cpu",

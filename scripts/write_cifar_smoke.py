@@ -4,13 +4,14 @@ scale"): a tiny folder in the CIFAR-10 python format and a small-channel EDM tea
 
     python scripts/write_cifar_smoke.py smoke_cifar10
     divlab experiment=onestep/cifar10/fdistill_js trainer=cpu debug=fast data.datamodule.root=smoke_cifar10 \
-        smoke=onestep_cifar10          # or smoke=onestep_cifar10_cond: the class-conditional teacher
+        smoke=onestep_cifar10          # or smoke=onestep_cifar10_uncond: the unconditional teacher
 
 Writes DIR/cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta: `--per-file` random 32x32 RGB
 images each, labels cycling through the 10 classes) and two teachers, the SongUNet of
 conf/teacher/edm_cifar10_small.yaml unconditional (DIR/edm-cifar10-small.safetensors) and with label_dim 10
 (DIR/edm-cifar10-small-cond.safetensors), weights drawn from N(0, 0.05^2) with `--seed` and written by
-divlab.models.edm_checkpoint.save_edm_network: the files conf/smoke/onestep_cifar10*.yaml point the teacher at.
+divlab.models.edm_checkpoint.save_edm_network: the files conf/smoke/onestep_cifar10*.yaml point the teacher at
+(the conditional one for smoke=onestep_cifar10, as the recipes' teacher is class-conditional).
 Nothing is downloaded; the pixels are noise, so the run checks the code path, not image quality.
 """
 

@@ -80,6 +80,7 @@ PARTNERS["teacher"].update(
 )
 PARTNERS["teacher"]["edm_imagenet64_cond"] = ("experiment=onestep/imagenet64/fdistill_js",)
 PARTNERS["smoke"] = {o: EDM_CIFAR10 for o in options("smoke")}  # CPU smoke settings of the CIFAR-10 recipes
+PARTNERS["smoke"]["onestep_imagenet64"] = PARTNERS["teacher"]["edm_imagenet64_cond"]  # ... and ImageNet-64's
 for _group in ("student", "teacher"):
     PARTNERS[_group].update({o: HF for o in options(_group) if o.startswith("smollm2")})
 GROUP_PARTNERS = {  # groups that exist only under a task or experiment that pulls them in

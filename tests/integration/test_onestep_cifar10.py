@@ -39,7 +39,7 @@ def test_recipe_composes_with_the_reference_network(compose_cfg, experiment):
     assert student == OmegaConf.to_container(cfg.teacher.model.network, resolve=True)
     with torch.device("meta"):
         net = build_spec(cfg.student.model)
-    key = "cifar10_uncond" if "cifar10" in experiment else "imagenet64_cond"
+    key = "cifar10_cond" if "cifar10" in experiment else "imagenet64_cond"  # class-conditional teachers
     assert sum(p.numel() for p in net.parameters()) == EDM_REFERENCE_PARAMS[key]
 
 

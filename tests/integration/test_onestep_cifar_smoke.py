@@ -1,6 +1,7 @@
-"""The README's CPU smoke test of the paper-scale one-step recipes (issue 18): the files of
-scripts/write_cifar_smoke.py, then `divlab experiment=onestep/cifar10/<recipe> trainer=cpu debug=fast
-data.datamodule.root=smoke_cifar10 smoke=onestep_cifar10`, exactly as a user types them."""
+"""The README's CPU smoke tests of the paper-scale one-step recipes (issue 18): the files of
+scripts/write_cifar_smoke.py (or write_imagenet64_smoke.py), then `divlab experiment=onestep/cifar10/<recipe>
+trainer=cpu debug=fast data.datamodule.root=smoke_cifar10 smoke=onestep_cifar10` (or the imagenet64 ones),
+exactly as a user types them."""
 
 import json
 import math
@@ -13,27 +14,29 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = "smoke_cifar10"
+SMOKE_IMAGENET = "smoke_imagenet64"
+WRITERS = {SMOKE: "write_cifar_smoke.py", SMOKE_IMAGENET: "write_imagenet64_smoke.py"}
 
 
-def write_smoke_files(tmp_path: Path) -> Path:
+def write_smoke_files(tmp_path: Path, folder: str = SMOKE) -> Path:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "write_cifar_smoke.py"), SMOKE],
+        [sys.executable, str(ROOT / "scripts" / WRITERS[folder]), folder],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    return tmp_path / SMOKE
+    return tmp_path / folder
 
 
-def run_smoke(run_cli, tmp_path: Path, recipe: str, smoke: str) -> tuple[Path, dict]:
-    write_smoke_files(tmp_path)
+def run_smoke(run_cli, tmp_path: Path, recipe: str, smoke: str, folder: str = SMOKE) -> tuple[Path, dict]:
+    write_smoke_files(tmp_path, folder)
     result = run_cli(
-        f"experiment=onestep/cifar10/{recipe}",
+        f"experiment=onestep/{recipe}" if "/" in recipe else f"experiment=onestep/cifar10/{recipe}",
         "trainer=cpu",
         "debug=fast",
-        f"data.datamodule.root={SMOKE}",
+        f"data.datamodule.root={folder}",
         f"smoke={smoke}",
         timeout=300,
     )
@@ -61,6 +64,8 @@ def generator_moved_from_teacher(run_dir: Path, teacher_file: Path) -> bool:
 
 
 def test_cifar10_fdistill_smoke_command_runs_on_cpu(run_cli, tmp_path):
+    """The recipes' teacher is class-conditional, and so is the smoke's: labels reach every network call (an
+    unconditional call of a conditional SongUNet stops with a ConfigError)."""
     run_dir, metrics = run_smoke(run_cli, tmp_path, "fdistill_js", "onestep_cifar10")
     assert all(math.isfinite(v) for v in metrics.values()), metrics
     for key in (
@@ -78,15 +83,63 @@ def test_cifar10_fdistill_smoke_command_runs_on_cpu(run_cli, tmp_path):
     assert (run_dir / "samples.png").stat().st_size > 0
     config = (run_dir / "config.yaml").read_text()
     assert "normalize: edm" in config and "objective: fdistill" in config and "name: js" in config
-    assert generator_moved_from_teacher(run_dir, tmp_path / SMOKE / "edm-cifar10-small.safetensors")
+    assert "label_dim: 10" in config
+    assert generator_moved_from_teacher(run_dir, tmp_path / SMOKE / "edm-cifar10-small-cond.safetensors")
+
+
+def test_cifar10_recipes_are_class_conditional_and_uncond_is_an_override(compose_cfg):
+    cond = compose_cfg("experiment=onestep/cifar10/sid", "data.datamodule.root=unused", fast=False)
+    assert cond.teacher.model.network.label_dim == 10
+    assert cond.teacher.model.path.endswith("edm-cifar10-32x32-cond-vp.safetensors")
+    uncond = compose_cfg(
+        "experiment=onestep/cifar10/sid",
+        "teacher=edm_cifar10_uncond",
+        "data.datamodule.root=unused",
+        fast=False,
+    )
+    assert uncond.teacher.model.network.label_dim == 0
+    assert uncond.teacher.model.path.endswith("edm-cifar10-32x32-uncond-vp.safetensors")
+    smoke = compose_cfg(
+        "experiment=onestep/cifar10/sid",
+        "trainer=cpu",
+        f"data.datamodule.root={SMOKE}",
+        "smoke=onestep_cifar10_uncond",
+    )
+    assert smoke.teacher.model.network.label_dim == 0 and smoke.teacher.model.network.model_channels == 16
+    assert smoke.teacher.model.path == f"{SMOKE}/edm-cifar10-small.safetensors"
+
+
+def test_imagenet64_fdistill_smoke_command_runs_on_cpu(run_cli, tmp_path):
+    """The ImageNet-64 recipe on data=image_folder: real batches (images and class labels) from the folder's
+    loaders, the val/test reference from the first one_step.eval_samples images of its loaders."""
+    recipe = "imagenet64/fdistill_js"
+    run_dir, metrics = run_smoke(run_cli, tmp_path, recipe, "onestep_imagenet64", SMOKE_IMAGENET)
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
+    for key in (
+        "test/sliced_w",
+        "test/mmd",
+        "test/precision",
+        "val/sliced_w",
+        "train/gen_distill",
+        "train/disc",
+    ):
+        assert key in metrics, key
+    # debug=fast: 3 data batches of 16 (50 training images), one_step.batch_size 8 -> 2 rounds each
+    assert metrics["train/generator_steps"] == 6
+    assert (run_dir / "samples.png").stat().st_size > 0
+    config = (run_dir / "config.yaml").read_text()
+    assert "divlab.data.ImageFolderDataModule" in config and "DhariwalUNet" in config
+    assert "label_dim: 10" in config and "objective: fdistill" in config and "name: js" in config
+    assert generator_moved_from_teacher(
+        run_dir, tmp_path / SMOKE_IMAGENET / "edm-imagenet64-small.safetensors"
+    )
 
 
 @pytest.mark.slow  # two more CLI runs (~1 min on the loaded 2-core machine)
 def test_cifar10_uni_instruct_smoke_runs_class_conditional(run_cli, tmp_path):
-    """Another objective, with the class-conditional teacher: labels reach every network call (an
-    unconditional call of a conditional SongUNet stops with a ConfigError), then task=evaluate samples the
-    saved generator with balanced classes."""
-    run_dir, metrics = run_smoke(run_cli, tmp_path, "uni_instruct", "onestep_cifar10_cond")
+    """Another objective, with the class-conditional teacher, then task=evaluate samples the saved generator
+    with balanced classes."""
+    run_dir, metrics = run_smoke(run_cli, tmp_path, "uni_instruct", "onestep_cifar10")
     assert all(math.isfinite(v) for v in metrics.values()), metrics
     assert metrics["train/generator_steps"] == 6
     assert "label_dim: 10" in (run_dir / "config.yaml").read_text()
@@ -98,7 +151,7 @@ def test_cifar10_uni_instruct_smoke_runs_class_conditional(run_cli, tmp_path):
         "trainer=cpu",
         "debug=fast",
         f"data.datamodule.root={SMOKE}",
-        "smoke=onestep_cifar10_cond",
+        "smoke=onestep_cifar10",
         f"evaluate.generator={run_dir / 'checkpoints' / 'last.ckpt'}",
         "evaluate.num_samples=40",
         "evaluate.batch_size=16",

@@ -60,3 +60,28 @@ def val_split_loader(dm) -> DataLoader:
 
 def test_split_loader(dm) -> DataLoader:
     return eval_loader(dm._splits["test"], batch_size=256, num_workers=dm.num_workers)
+
+
+def split_images(dm, split: str, *, limit: int):
+    """The first `limit` images of a split as one tensor (n, *input_shape), read through the module's own
+    eval loader (`val_dataloader` / `test_dataloader`): the reference sets of a data module too large to hold
+    (an ImageNet image folder), which has no in-memory `points(split)`."""
+    import torch
+
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be val or test, got {split!r}")
+    loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
+    chunks, count = [], 0
+    for batch in loader:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        chunks.append(images[: limit - count])
+        count += len(chunks[-1])
+        if count >= limit:
+            break
+    if not chunks:
+        from divlab.errors import ConfigError
+
+        raise ConfigError(
+            f"the {split} split of {type(dm).__name__} holds no images; check data.datamodule.root"
+        )
+    return torch.cat(chunks)

@@ -22,6 +22,10 @@ step in `trainer.global_step`, so global_step = (K + 1) x generator steps; the t
 `task=sample_teacher` (build_teacher_sampler) evaluates the teacher's Euler/Heun sampler at a given NFE
 with the same metrics (no training): the teacher rows of the onestep tables.
 
+Real data: training batches (images, labels) always come from the data module's train loader; the validation
+and test references are its in-memory `points(split)` when it has them (2-D mixtures, digits, CIFAR) and
+otherwise the first `eval_samples` images of its val/test loaders (data=image_folder: ImageNet 64x64).
+
 On image data both draw image grids (samples.png) instead of scatter plots; with `image_metrics` in the
 config (e.g. experiment=onestep/digits) they score samples with divlab.metrics.image (a cached classifier's
 Frechet distance, class histogram, k-NN precision/recall), without it (the paper-scale recipes, whose FID is
@@ -103,12 +107,18 @@ def build(cfg: DictConfig, *, datamodule=None) -> OneStepTask:
             raise ConfigError(f"one_step.{key} must be >= {low}, got {o[key]!r}")
     if not o.ratio_upper > o.ratio_lower > 0:
         raise ConfigError("one_step.ratio_upper must exceed one_step.ratio_lower > 0")
+    if datamodule is not None and not hasattr(datamodule, "points"):  # real images come from its loaders
+        if len(getattr(datamodule, "input_shape", ())) != 3:
+            raise ConfigError(
+                f"task=one_step trains on points or images, which data={cfg.data.name} does not give "
+                f"(no points() and no (C, H, W) input_shape); choose e.g. data=cifar10 or data=image_folder"
+            )
+        if cfg.get("image_metrics") not in (None, "pixels"):
+            raise ConfigError(
+                f"image_metrics with a classifier needs the test split in memory, which data={cfg.data.name} "
+                f"cannot give (no points()); set image_metrics=pixels"
+            )
     scorer = build_image_scorer(cfg, datamodule) if datamodule is not None else None
-    if datamodule is not None and scorer is None and not hasattr(datamodule, "points"):
-        raise ConfigError(
-            f"task=one_step scores samples against the test split, which data={cfg.data.name}'s data module "
-            f"cannot give as a tensor (it has no points()); choose a data set that can (e.g. data=cifar10)"
-        )
     teacher = build_diffusion_teacher(cfg, datamodule)
     generator = build_denoiser(cfg.student.model, cfg.data)
     fake = build_denoiser(cfg.student.model, cfg.data)

@@ -6,6 +6,10 @@ Test metrics: with `image_metrics` set (experiment=onestep/digits) a cached clas
 split (on pixel vectors for images: the CPU smoke runs of the paper-scale recipes; their FID, Inception Score
 and precision/recall on 50k samples are task=evaluate's, over the saved generator). A class-conditional
 generator is sampled with classes 0, 1, ..., label_dim - 1 in turn (a balanced set).
+
+Reference images: a data module that holds its data in memory (2-D mixtures, digits, CIFAR) gives whole splits
+as `points(split)`; one that cannot (data=image_folder, e.g. ImageNet 64x64) gives the first `eval_samples`
+images of its val/test loader (divlab.data.loaders.split_images), read once per run.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from divlab.data.loaders import split_images
 from divlab.metrics.image import evaluate_image_sampler, image_grid, log_figure
 from divlab.models.edm import sample, sampler_nfe
 
@@ -24,6 +29,16 @@ EVAL_CHUNK = 500  # samples per network call when scoring (bounds memory at pape
 
 class OneStepEvaluation:
     """Needs: generate(z, net, labels), denoise, generator_ema, teacher, label_dim, eval_samples, seed, run_dir."""
+
+    def reference(self, split: str) -> Tensor:
+        """Real images of a split: all of `points(split)`, or the first eval_samples from the loader (cached)."""
+        dm = self.trainer.datamodule
+        if hasattr(dm, "points"):
+            return dm.points(split)
+        cache = self.__dict__.setdefault("_reference_images", {})
+        if split not in cache:
+            cache[split] = split_images(dm, split, limit=self.eval_samples)
+        return cache[split]
 
     def balanced_labels(self, n: int) -> Tensor | None:
         """Classes 0, 1, ..., label_dim - 1 in turn for n samples (None when unconditional)."""
@@ -50,10 +65,7 @@ class OneStepEvaluation:
     def on_validation_epoch_end(self) -> None:
         from divlab.divergences import get_divergence
 
-        dm = self.trainer.datamodule
-        if not hasattr(dm, "points"):
-            return
-        ref = dm.points("val").to(self.device).flatten(1)  # images: pixel vectors
+        ref = self.reference("val").to(self.device).flatten(1)  # images: pixel vectors
         sw = get_divergence("sliced_wasserstein", num_projections=64, seed=0)(
             ref.double(), self.ema_samples(len(ref), 1).flatten(1).double()
         )
@@ -75,8 +87,8 @@ class OneStepEvaluation:
         else:
             metrics = evaluate_sampler(
                 self.ema_generate,
-                reference=dm.points("test"),
-                mixture=dm.mixture,
+                reference=self.reference("test"),
+                mixture=getattr(dm, "mixture", None),
                 n=self.eval_samples,
                 nfe=1,
                 seed=self.seed,
@@ -99,7 +111,7 @@ class OneStepEvaluation:
         teacher = lambda x, sigma: self.denoise(self.teacher, x, sigma, labels)  # noqa: E731
         steps = self.teacher_sample_steps
         panels = {
-            "data (test)": dm.points("test")[:n],
+            "data (test)": self.reference("test")[:n],
             f"teacher Heun NFE {sampler_nfe('heun', steps)}": sample(
                 teacher, z, method="heun", num_steps=steps
             ).cpu(),
