@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: the bench_sections package
 
-from bench_sections import divergences, kd_overhead, lm_distill  # noqa: E402, F401  (importing registers the sections)
+from bench_sections import divergences, kd_overhead, lm_distill, lm_topk  # noqa: E402, F401  (importing registers the sections)
 from bench_sections.common import OUT, SECTIONS  # noqa: E402
 from bench_sections.token_worker import token_worker  # noqa: E402
 

@@ -16,7 +16,9 @@ lambda = 1 for those batches; the task mixes on- and off-policy batches with pro
 
 The student's N x V logits never exist at once: the KD term goes through
 `divlab.divergences.fused_linear_divergence` (per-chunk logits and gradients) and the NLL through
-`chunked_nll` (per-chunk logits, recomputed in backward).
+`chunked_nll` (per-chunk logits, recomputed in backward). A teacher given as its cached top-k (ids,
+log-probabilities, tail mass at temperature T; lm_distill.teacher_outputs=topk) replaces D by D on the k + 1
+outcomes "each top-k token" and "the rest" (`divlab.divergences.topk`, eq. 1; exact when k = V).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from divlab.divergences.chunked import fused_linear_divergence
+from divlab.divergences.topk import fused_linear_topk_divergence
 
 CHUNK_ELEMENTS = 2**23  # logits per chunk (32 MiB in float32): 170 tokens at a 49,152 vocabulary
 
@@ -87,11 +90,13 @@ class TokenDistillLoss(nn.Module):
         targets: Tensor,
         teacher_hidden: Tensor | None,
         teacher_weight: Tensor | None,
+        teacher_topk: tuple[Tensor, Tensor, Tensor] | None = None,
         use_ce: bool = True,
         use_kd: bool = True,
     ) -> dict[str, Tensor]:
         """student_hidden (N, H) and targets (N,) at the response positions only; the teacher's hidden
-        states (N, H') at the same positions (None when kd_weight = 0). use_ce=False drops the NLL term
+        states (N, H') at the same positions (None when kd_weight = 0), or instead teacher_topk = (ids (N, k),
+        log-probabilities (N, k), log tail mass (N,)) of the teacher at temperature T. use_ce=False drops the NLL term
         (responses the student sampled are not data); use_kd=False drops the divergence (an NLL-only pass)."""
         zero = student_hidden.sum() * 0.0  # keeps the loss attached to the graph when a term is off
         ce_weight = self.ce_weight if use_ce else 0.0
@@ -100,14 +105,26 @@ class TokenDistillLoss(nn.Module):
         kd = zero
         if use_kd and self.kd_weight > 0:
             t = self.temperature
-            kd = fused_linear_divergence(
-                student_hidden / t,
-                student_weight,
-                teacher_hidden=teacher_hidden / t,
-                teacher_weight=teacher_weight,
-                divergence=self.divergence,
-                chunk_size=chunk_rows(student_weight.shape[0], self.chunk_rows),
-            )
+            if teacher_topk is not None:
+                ids, log_probs, tail = teacher_topk
+                kd = fused_linear_topk_divergence(
+                    student_hidden / t,
+                    student_weight,
+                    topk_ids=ids,
+                    topk_log_probs=log_probs,
+                    tail_log_prob=tail,
+                    divergence=self.divergence,
+                    chunk_size=chunk_rows(student_weight.shape[0], self.chunk_rows),
+                )
+            else:
+                kd = fused_linear_divergence(
+                    student_hidden / t,
+                    student_weight,
+                    teacher_hidden=teacher_hidden / t,
+                    teacher_weight=teacher_weight,
+                    divergence=self.divergence,
+                    chunk_size=chunk_rows(student_weight.shape[0], self.chunk_rows),
+                )
         loss = self.kd_weight * self.kd_scale * kd + zero
         if ce_weight > 0:
             loss = loss + ce_weight * ce

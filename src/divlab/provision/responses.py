@@ -107,7 +107,8 @@ def decode_response(tokenizer, ids: list[int], *, eos_id: int, pad_id: int) -> s
 def teacher_responses(
     cfg: DictConfig, teacher, datamodule, split: str, *, max_new_tokens: int, batch_size: int = 16
 ) -> list[str]:
-    """The teacher's greedy responses to `split`'s prompts: read from the cache, or generated once."""
+    """The teacher's greedy responses to `split`'s prompts: read from the cache, or generated once. `teacher`
+    is the model, or a function that returns it (called only when the responses must be generated)."""
     generation = {"max_new_tokens": int(max_new_tokens), "temperature": 0.0}
     path = responses_path(cfg, split, generation, prompts=datamodule.prompt_digest(split))
     n = len(datamodule.examples(split))
@@ -117,8 +118,9 @@ def teacher_responses(
             return _read(path, n)
         say(f"generating the teacher's responses to {n} {split} prompts once; cached in {path}")
         start = time.time()
+        model = teacher if isinstance(teacher, torch.nn.Module) else teacher()
         responses = generate_responses(
-            teacher, datamodule, split, max_new_tokens=max_new_tokens, batch_size=batch_size
+            model, datamodule, split, max_new_tokens=max_new_tokens, batch_size=batch_size
         )
         prompts = [e["prompt"] for e in datamodule.examples(split)]
         text = "".join(

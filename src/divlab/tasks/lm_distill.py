@@ -8,21 +8,21 @@ With `lm_distill.on_policy_fraction` = lambda > 0, each training batch is, with 
 by responses the student samples to the same prompts, which the teacher scores (GKD, Agarwal et al. 2024);
 such batches have no NLL term. One code path serves every divergence and both modes.
 
-Metrics: val/loss (the student's NLL of the validation responses), val/kd; test/nll (NLL of the reference
-responses), test/nll_teacher_resp (NLL of the teacher's greedy responses), test/rougeL (greedy responses
-vs the references, ROUGE-L F x 100), test/rougeL_teacher (vs the teacher's greedy responses),
-test/teacher_nll (the teacher's NLL of the student's greedy responses), test/exact_match (arithmetic
-prompts, %), train/tokens_per_s. The test prompts' student and teacher responses go to
-<run_dir>/responses.jsonl.
+Teacher outputs (`lm_distill.teacher_outputs`): online (a teacher forward every step), cached (its hidden
+states on the fixed rows, exact; divlab.provision.teacher_states) or topk (its top-`lm_distill.topk` tokens
+and tail mass per position, divlab.provision.teacher_topk): then the teacher is built only while a cache it
+writes (top-k, or teacher responses) is missing, and the task never holds it: no on-policy batches and no
+test/teacher_nll.
+
+Metrics: val/loss (the student's NLL of the validation responses), val/kd, test/nll (NLL of the reference
+responses), train/tokens_per_s, and the generation metrics of divlab.tasks.lm_distill_eval.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -30,34 +30,9 @@ from torch import Tensor, nn
 
 from divlab.errors import ConfigError
 from divlab.objectives.lm import action_mask
-from divlab.objectives.lm_distill import TokenDistillLoss, chunked_nll
+from divlab.objectives.lm_distill import TokenDistillLoss
 from divlab.tasks.base import DivlabTask, epoch_seed, optimizer_config
-
-
-def response_batch(prompts: list[list[int]], responses: list[list[int]], *, pad_id: int) -> dict:
-    """Right-padded LM batch (tokens, prompt_len, length) of prompt + response rows."""
-    rows = [p + r for p, r in zip(prompts, responses)]
-    width = max(len(r) for r in rows)
-    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return {
-        "tokens": tokens,
-        "prompt_len": torch.tensor([len(p) for p in prompts]),
-        "length": torch.tensor([len(r) for r in rows]),
-    }
-
-
-def prompt_rows(batch: dict) -> list[list[int]]:
-    """The prompt ids of each row of a left-padded prompt batch (input_ids, attention_mask)."""
-    return [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
-
-
-def until_eos(ids: list[int], *, eos_id: int, pad_id: int) -> list[int]:
-    """A generated row cut after its first eos (kept); pads dropped."""
-    if eos_id in ids:
-        ids = ids[: ids.index(eos_id) + 1]
-    return [i for i in ids if i != pad_id or i == eos_id]
+from divlab.tasks.lm_distill_eval import LMDistillEval, prompt_rows, response_batch, until_eos  # noqa: F401
 
 
 def check_settings(d: DictConfig) -> None:
@@ -91,8 +66,19 @@ def check_settings(d: DictConfig) -> None:
         )
     if d.responses not in ("data", "teacher"):
         raise ConfigError(f"lm_distill.responses must be data or teacher, got {d.responses!r}")
-    if d.teacher_outputs not in ("cached", "online"):
-        raise ConfigError(f"lm_distill.teacher_outputs must be cached or online, got {d.teacher_outputs!r}")
+    if d.teacher_outputs not in ("cached", "online", "topk"):
+        raise ConfigError(
+            f"lm_distill.teacher_outputs must be cached, online or topk, got {d.teacher_outputs!r}"
+        )
+    if d.teacher_outputs == "topk":
+        k = d.get("topk")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"lm_distill.topk must be an integer >= 1, got {k!r}")
+        if d.on_policy_fraction > 0:
+            raise ConfigError(
+                "lm_distill.on_policy_fraction > 0 needs a live teacher to score the student's samples, "
+                "but lm_distill.teacher_outputs=topk runs without one; set teacher_outputs=cached"
+            )
     for key in ("max_new_tokens", "eval_batch_size", "response_batch_size"):
         value = d.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -101,12 +87,38 @@ def check_settings(d: DictConfig) -> None:
         raise ConfigError(f"lm_distill.t_squared must be true or false, got {d.t_squared!r}")
 
 
-def build(cfg: DictConfig, *, datamodule=None) -> LMDistillTask:
-    """task.builder of task=lm_distill: student, frozen teacher (same tokenizer), teacher responses, loss."""
+def checked_teacher(cfg: DictConfig, student, *, needed_context: int) -> tuple[nn.Module, bool]:
+    """(the frozen teacher, whether it shares the student's tokenizer), checked against the student."""
     from divlab.models.hf import check_same_tokenizer
-    from divlab.provision.responses import teacher_responses
     from divlab.provision.teacher import provision_teacher
+    from divlab.utils.checks import build as build_spec
+
+    teacher = provision_teacher(cfg, build_spec(cfg.teacher.model))
+    try:
+        check_same_tokenizer(teacher, student, teacher_key="teacher.model", student_key="student.model")
+        shared_vocab = True
+    except ConfigError:
+        if cfg.lm_distill.kd_weight > 0:  # token-level KD compares two next-token distributions
+            raise
+        shared_vocab = False  # sequence-level KD only: the teacher reads and writes text in its own tokens
+    check_context("teacher.model", teacher.context_length, needed_context)
+    return teacher, shared_vocab
+
+
+def check_context(key: str, context: int, needed: int) -> None:
+    if context < needed:
+        raise ConfigError(
+            f"{key} has a context of {context} tokens, shorter than a prompt and response ({needed}); "
+            f"lower data.datamodule.max_*_tokens"
+        )
+
+
+def build(cfg: DictConfig, *, datamodule=None) -> LMDistillTask:
+    """task.builder of task=lm_distill: student, frozen teacher (same tokenizer), teacher responses, loss.
+    With teacher_outputs=topk the teacher is built only to write a missing cache, then dropped."""
+    from divlab.provision.responses import teacher_responses
     from divlab.provision.teacher_states import teacher_states
+    from divlab.provision.teacher_topk import check_student, teacher_topk
     from divlab.tasks.classify import optimization
     from divlab.utils.checks import build as build_spec
 
@@ -122,29 +134,47 @@ def build(cfg: DictConfig, *, datamodule=None) -> LMDistillTask:
             f"divergence={cfg.divergence.name} is not a per-token divergence between two "
             f"distributions; choose e.g. divergence=forward_kl"
         )
+    topk = d.teacher_outputs == "topk"
+    if topk and getattr(divergence, "needs_labels", False):
+        raise ConfigError(
+            f"divergence={cfg.divergence.name} reads class labels over the whole vocabulary, which "
+            f"lm_distill.teacher_outputs=topk does not keep; choose another divergence or teacher_outputs=cached"
+        )
     student = build_spec(cfg.student.model)
-    teacher = provision_teacher(cfg, build_spec(cfg.teacher.model))
-    try:
-        check_same_tokenizer(teacher, student, teacher_key="teacher.model", student_key="student.model")
-        shared_vocab = True
-    except ConfigError:
-        if d.kd_weight > 0:  # token-level KD compares the two next-token distributions: one vocabulary
-            raise
-        shared_vocab = False  # sequence-level KD only: the teacher reads and writes text in its own tokens
-    for key, model in (("student.model", student), ("teacher.model", teacher)):
-        if model.context_length < datamodule.max_len + d.max_new_tokens:
-            raise ConfigError(
-                f"{key} has a context of {model.context_length} tokens, shorter than a prompt and "
-                f"response ({datamodule.max_len + d.max_new_tokens}); lower data.datamodule.max_*_tokens"
-            )
+    needed = datamodule.max_len + d.max_new_tokens
+    check_context("student.model", student.context_length, needed)
+    held: dict = {}
+
+    def get_teacher() -> nn.Module:  # built on first use only
+        if "teacher" not in held:
+            held["teacher"], held["shared_vocab"] = checked_teacher(cfg, student, needed_context=needed)
+        return held["teacher"]
+
+    if not topk:
+        get_teacher()
     kwargs = {"max_new_tokens": d.max_new_tokens, "batch_size": d.response_batch_size}
     if d.responses == "teacher":
         for split in ("train", "val"):
-            datamodule.use_responses(split, teacher_responses(cfg, teacher, datamodule, split, **kwargs))
-    states = None
+            datamodule.use_responses(split, teacher_responses(cfg, get_teacher, datamodule, split, **kwargs))
+    test_responses = teacher_responses(cfg, get_teacher, datamodule, "test", **kwargs)
+    states = topk_caches = None
+    if topk and d.kd_weight > 0:  # the teacher's top-k over fixed rows, once; later runs never build it
+        topk_caches = {
+            split: teacher_topk(
+                cfg,
+                get_teacher,
+                datamodule,
+                split,
+                k=d.topk,
+                temperature=d.temperature,
+                batch_size=d.response_batch_size,
+            )
+            for split in ("train", "val")
+        }
+        check_student(topk_caches["train"], student, needed_context=needed)
     if d.teacher_outputs == "cached" and d.kd_weight > 0:  # the teacher's pass over fixed rows, once
         states = {
-            split: teacher_states(cfg, teacher, datamodule, split, batch_size=d.response_batch_size)
+            split: teacher_states(cfg, get_teacher(), datamodule, split, batch_size=d.response_batch_size)
             for split in ("train", "val")
         }
     loss = TokenDistillLoss(
@@ -154,6 +184,8 @@ def build(cfg: DictConfig, *, datamodule=None) -> LMDistillTask:
         temperature=d.temperature,
         t_squared=d.t_squared,
     )
+    teacher, shared_vocab = (None, True) if topk else (held["teacher"], held["shared_vocab"])
+    held.clear()  # topk: a teacher built to write a cache is freed here
     return LMDistillTask(
         model=student,
         teacher=teacher,
@@ -163,19 +195,20 @@ def build(cfg: DictConfig, *, datamodule=None) -> LMDistillTask:
         max_new_tokens=d.max_new_tokens,
         eval_batch_size=d.eval_batch_size,
         teacher_states=states,
+        teacher_topk=topk_caches,
         run_dir=cfg.get("run_dir"),
-        test_teacher_responses=teacher_responses(cfg, teacher, datamodule, "test", **kwargs),
+        test_teacher_responses=test_responses,
         shared_vocab=shared_vocab,
         **optimization(cfg),
     )
 
 
-class LMDistillTask(DivlabTask):
+class LMDistillTask(LMDistillEval, DivlabTask):
     def __init__(
         self,
         *,
         model: nn.Module,  # the student, a divlab.models.hf.HFCausalLM
-        teacher: nn.Module,  # the frozen teacher (same tokenizer); outside the module tree
+        teacher: nn.Module | None,  # the frozen teacher (same tokenizer), outside the module tree; None: topk
         loss: TokenDistillLoss,  # eq. (1)
         optimizer: Callable,  # partial: params -> torch.optim.Optimizer
         scheduler: Callable | None = None,  # partial: optimizer -> LR scheduler (stepped per epoch)
@@ -187,6 +220,7 @@ class LMDistillTask(DivlabTask):
         test_teacher_responses: list[str] | None = None,  # the teacher's greedy test responses
         teacher_states: dict
         | None = None,  # split -> per-example teacher hidden states (provision.teacher_states)
+        teacher_topk: dict | None = None,  # split -> provision.teacher_topk.TopkCache of the data rows
         shared_vocab: bool = True,  # teacher and student share a tokenizer (else no test/teacher_nll)
         run_dir: str | None = None,
     ):  # responses.jsonl goes here (rank 0); None: not written
@@ -201,10 +235,11 @@ class LMDistillTask(DivlabTask):
         self.max_new_tokens, self.eval_batch_size = int(max_new_tokens), int(eval_batch_size)
         self.test_teacher_responses, self.run_dir = test_teacher_responses, run_dir
         self.teacher_states, self.shared_vocab = teacher_states or {}, shared_vocab
+        self.teacher_topk = teacher_topk or {}
         self._tokens_seen, self._epoch_start = 0, 0.0
 
     @property
-    def teacher(self) -> nn.Module:
+    def teacher(self) -> nn.Module | None:
         return self.frozen("teacher")
 
     # ------------------------------------------------------------------ the loss of a batch
@@ -215,19 +250,25 @@ class LMDistillTask(DivlabTask):
         mask = action_mask(tokens.shape, prompt_len=batch["prompt_len"], length=length)
         attention = torch.arange(tokens.shape[1], device=tokens.device)[None] < length[:, None]
         hidden = self.model.hidden_states(tokens, attention)[:, :-1][mask]
-        teacher_hidden = teacher_weight = None
+        teacher_hidden = teacher_weight = topk = None
         if use_kd and self.loss.kd_weight > 0:
-            teacher_hidden = self.cached_teacher_hidden(batch, split, int(mask.sum()))
-            if teacher_hidden is None:
+            topk = self.cached_teacher_topk(batch, split, int(mask.sum()))
+            teacher_hidden = (
+                None if topk is not None else self.cached_teacher_hidden(batch, split, int(mask.sum()))
+            )
+            if topk is None and self.teacher is None:
+                raise RuntimeError(f"a {split} batch has no cached teacher top-k and no teacher is held")
+            if teacher_hidden is None and topk is None:
                 with torch.no_grad():
                     teacher_hidden = self.teacher.hidden_states(tokens, attention)[:, :-1][mask]
-            teacher_weight = self.teacher.output_weight
+            teacher_weight = None if topk is not None else self.teacher.output_weight
         terms = self.loss(
             student_hidden=hidden,
             student_weight=self.model.output_weight,
             targets=tokens[:, 1:][mask],
             teacher_hidden=teacher_hidden,
             teacher_weight=teacher_weight,
+            teacher_topk=topk,
             use_ce=use_ce,
             use_kd=use_kd,
         )
@@ -246,6 +287,20 @@ class LMDistillTask(DivlabTask):
                 f"the data changed under the cache: run again with lm_distill.teacher_outputs=online"
             )
         return hidden
+
+    def cached_teacher_topk(self, batch: dict, split: str, n: int) -> tuple | None:
+        """(ids, log-probabilities, log tail mass) of a data batch's response positions from the top-k
+        cache, in mask order; None when the split has no cache."""
+        cache = self.teacher_topk.get(split)
+        if cache is None or "index" not in batch:
+            return None
+        out = tuple(t.to(self.device) for t in cache.rows(batch["index"].tolist()))
+        if len(out[0]) != n:
+            raise RuntimeError(
+                f"the teacher top-k cache of {split} holds {len(out[0])} positions for a batch with {n}; "
+                f"the data changed under the cache: delete {cache.path}"
+            )
+        return out
 
     def on_policy_now(self) -> bool:
         if self.on_policy_fraction <= 0:
@@ -320,78 +375,6 @@ class LMDistillTask(DivlabTask):
     def test_step(self, batch, batch_idx):
         terms, n = self.response_terms(batch, split="test", use_kd=False)  # test/nll needs no teacher
         self.log("test/nll", terms["ce"], batch_size=int(n), sync_dist=True)
-
-    @torch.no_grad()
-    def nll_of(self, model: nn.Module, prompts: list[list[int]], responses: list[list[int]]) -> float:
-        """Per-token NLL of responses (ids, eos included) after their prompts under `model`."""
-        total, count = 0.0, 0
-        for lo in range(0, len(prompts), self.eval_batch_size):
-            b = response_batch(
-                prompts[lo : lo + self.eval_batch_size],
-                responses[lo : lo + self.eval_batch_size],
-                pad_id=self.model.pad_id,
-            )
-            b = {k: v.to(self.device) for k, v in b.items()}
-            mask = action_mask(b["tokens"].shape, prompt_len=b["prompt_len"], length=b["length"])
-            attention = torch.arange(b["tokens"].shape[1], device=self.device)[None] < b["length"][:, None]
-            hidden = model.hidden_states(b["tokens"], attention)[:, :-1][mask]
-            n = int(mask.sum())
-            total += float(chunked_nll(hidden, model.output_weight, b["tokens"][:, 1:][mask])) * n
-            count += n
-        return total / max(count, 1)
-
-    def on_test_epoch_end(self) -> None:
-        from divlab.metrics.generation import exact_match, rouge_l
-        from divlab.provision.responses import decode_response
-
-        dm = self.trainer.datamodule
-        examples = dm.examples("test")
-        prompts, generated = [None] * len(examples), [None] * len(examples)
-        self.model.eval()
-        with torch.no_grad():
-            for batch in dm.prompt_batches("test", batch_size=self.eval_batch_size):
-                new = self.model.generate(
-                    batch["input_ids"].to(self.device),
-                    batch["attention_mask"].to(self.device),
-                    max_new_tokens=self.max_new_tokens,
-                    temperature=0.0,
-                )
-                for i, p, row in zip(batch["index"].tolist(), prompt_rows(batch), new.tolist()):
-                    prompts[i] = p
-                    generated[i] = until_eos(row, eos_id=self.model.eos_id, pad_id=self.model.pad_id) or [
-                        self.model.eos_id
-                    ]
-        tok, eos, pad = self.model.tokenizer, self.model.eos_id, self.model.pad_id
-        texts = [decode_response(tok, g, eos_id=eos, pad_id=pad) for g in generated]
-        references = [e["response"] for e in examples]
-        metrics = {"test/rougeL": rouge_l(texts, references)}
-        if self.shared_vocab:  # the teacher scores the student's ids
-            metrics["test/teacher_nll"] = self.nll_of(self.teacher, prompts, generated)
-        em = exact_match(texts, [e.get("answer") for e in examples])
-        if not math.isnan(em):
-            metrics["test/exact_match"] = 100.0 * em
-        teacher_texts = self.test_teacher_responses
-        if teacher_texts is not None:
-            metrics["test/rougeL_teacher"] = rouge_l(texts, teacher_texts)
-            teacher_ids = [
-                tok(t, add_special_tokens=False)["input_ids"][: self.max_new_tokens - 1] + [eos]
-                for t in teacher_texts
-            ]
-            metrics["test/nll_teacher_resp"] = self.nll_of(self.model, prompts, teacher_ids)
-        for key, value in metrics.items():
-            self.log(key, float(value))
-        if self.run_dir and self.global_rank == 0:
-            rows = [
-                {
-                    "prompt": e["prompt"],
-                    "reference": e["response"],
-                    "student": s,
-                    "teacher": teacher_texts[i] if teacher_texts else None,
-                }
-                for i, (e, s) in enumerate(zip(examples, texts))
-            ]
-            Path(self.run_dir).mkdir(parents=True, exist_ok=True)
-            (Path(self.run_dir) / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def configure_optimizers(self):
         return optimizer_config(self.model.parameters(), self.optimizer_factory, self.scheduler_factory)
