@@ -1,16 +1,18 @@
 """A text corpus cut into fixed-length byte windows, as a LightningDataModule for language modelling.
 
-The text comes from `divlab.data.corpora.read_corpus(corpus)` (e.g. "shakespeare", offline) or
-from a text file (`path=...`, UTF-8). It is encoded with the `ByteTokenizer` (or the `tokenizer` given, e.g.
-a Hugging Face student's `divlab.data.hf_tokenizer.HFTokenizer`: windows of its tokens) and split into
-contiguous train / val / test parts (in that order, so no window straddles two splits); each part
-is cut into non-overlapping windows of `block_size + 1` bytes. Examples use the layout of
+The text comes from `divlab.data.corpora.read_corpus(corpus)` (e.g. "shakespeare", offline; a list of
+names reads each and joins them, in order) or from a text file (`path=...`, UTF-8). It is encoded with
+the `ByteTokenizer` (or the `tokenizer` given, e.g. a Hugging Face student's
+`divlab.data.hf_tokenizer.HFTokenizer`: windows of its tokens) and split into contiguous train / val /
+test parts (in that order, so no window straddles two splits); each part is cut into non-overlapping
+windows of `block_size + 1` bytes. Examples use the layout of
 `divlab.data.arithmetic`: tokens (L,), prompt_len = 1 (the first byte is given, every later byte
 is a target), length = L.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -43,8 +45,16 @@ class WindowDataset(Dataset):
         return {"tokens": t, "prompt_len": torch.tensor(1), "length": torch.tensor(len(t))}
 
 
-def read_text(*, corpus: str | None, path: str | None, max_chars: int | None) -> str:
-    """The text of a named corpus or of a file; exactly one of the two must be given."""
+def read_text(*, corpus: str | Sequence[str] | None, path: str | None, max_chars: int | None) -> str:
+    """The text of a named corpus (or of several, each cut to max_chars, joined by a blank line in the order
+    given) or of a file; exactly one of the two must be given."""
+    if corpus is not None and not isinstance(corpus, str):
+        names = list(corpus)
+        if not names or not all(isinstance(n, str) for n in names):
+            raise ConfigError(
+                f"data.datamodule.corpus must be a corpus name or a non-empty list of them, got {names!r}"
+            )
+        return "\n\n".join(read_text(corpus=n, path=path, max_chars=max_chars) for n in names)
     if (corpus is None) == (path is None):
         raise ConfigError(
             "set exactly one of data.datamodule.corpus (e.g. shakespeare) and data.datamodule.path"
@@ -68,10 +78,10 @@ class TextWindowsDataModule(pl.LightningDataModule):
     def __init__(
         self,
         *,
-        corpus: str
-        | None = "shakespeare",  # a name read_corpus knows or hf:<dataset>[:<split>[:<field>]]; null when path is set
+        corpus: str | Sequence[str] | None = "shakespeare",  # a read_corpus name, hf:<dataset>[:<split>
+        # [:<field>]], or a list of them (joined in order); null when path is set
         path: str | None = None,  # a UTF-8 text file instead of a named corpus
-        max_chars: int | None = None,  # keep only the first characters (None: all)
+        max_chars: int | None = None,  # keep only the first characters, of each corpus of a list (None: all)
         block_size: int = 128,  # tokens a model sees per window
         val_fraction: float = 0.05,  # tail part of the text before the test part
         test_fraction: float = 0.05,  # last part of the text

@@ -12,7 +12,10 @@ is left alone, so the experiment files compose (and hash) as before.
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from divlab.errors import ConfigError
+
 HF_BUILDER = "divlab.models.hf.build_hf_lm"
+PRETRAINED_BUILDER = "divlab.provision.pretrained.build_pretrained_hf_lm"  # an HF student LM-pre-trained first
 BACKSPACE = {"lm": True, "seqmatch": True, "mix_lm": False}  # token-data tasks: does the data add "<bs>"?
 
 
@@ -20,6 +23,11 @@ def follow_hf_student(cfg: DictConfig) -> DictConfig:
     """In place (module docstring); a config without an HF student on token data is returned unchanged."""
     task = OmegaConf.select(cfg, "task.name", default=None)
     student = OmegaConf.select(cfg, "student.model._target_", default=None, throw_on_missing=False)
+    if task in BACKSPACE and student == PRETRAINED_BUILDER:
+        raise ConfigError(
+            f"student.model._target_={PRETRAINED_BUILDER} (student=smollm2_l3_pretrained) is a start for "
+            f"task=lm_distill; task={task} trains its own start (e.g. student=smollm2_l3_random)"
+        )
     if task not in BACKSPACE or student != HF_BUILDER or OmegaConf.select(cfg, "data.datamodule") is None:
         return cfg
     with open_dict(cfg):

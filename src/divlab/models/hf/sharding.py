@@ -31,7 +31,10 @@ from torch import nn
 
 from divlab.errors import ConfigError
 
-HF_BUILDER = "divlab.models.hf.build_hf_lm"  # the _target_ of every Hugging Face teacher/student spec
+HF_BUILDERS = (  # the _target_ of every Hugging Face teacher/student spec
+    "divlab.models.hf.build_hf_lm",
+    "divlab.provision.pretrained.build_pretrained_hf_lm",  # an HF student LM-pre-trained first
+)
 PRECISIONS = ("bf16-mixed", "16-mixed", "32-true", "32", "bf16-true")  # what Lightning's FSDPPrecision runs
 ATTACHED = "sharded_"  # prefix of a frozen model attached to the task while it is sharded
 # Task hooks that may run the models outside a step (test-time generation): run inside the root FSDP forward too
@@ -88,7 +91,7 @@ def check_fsdp(cfg: DictConfig) -> None:
         )
     student = cfg.get("student")
     target = str((student.get("model") or {}).get("_target_", "")) if student is not None else ""
-    if target != HF_BUILDER:
+    if target not in HF_BUILDERS:
         name = cfg.task.get("name", "?")
         raise ConfigError(
             f"trainer=fsdp wraps the transformer blocks of a Hugging Face student, but task={name} has "
@@ -97,7 +100,7 @@ def check_fsdp(cfg: DictConfig) -> None:
     teacher = cfg.get("teacher")
     if "teacher" in (cfg.task.get("uses") or ()) and teacher is not None:
         teacher_target = str((teacher.get("model") or {}).get("_target_", ""))
-        if teacher_target != HF_BUILDER:
+        if teacher_target not in HF_BUILDERS:
             raise ConfigError(
                 f"trainer=fsdp shards the frozen teacher as well, but teacher.model._target_={teacher_target} "
                 f"is not a Hugging Face LM; use trainer=ddp_gpu with this teacher"
