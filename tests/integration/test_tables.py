@@ -365,8 +365,8 @@ def test_columns_with_their_own_metrics_read_one_run_and_count_wins(tmp_path):
     )
     md = to_markdown(spec, cells, seeds=spec.seeds, machine="box")
     assert "| method | acc | Δ vs MLE | ppl | Δ vs MLE | wins vs MLE |" in md
-    # SM: higher accuracy (a win), higher perplexity (a loss, lower is better there): 1 of 2 columns
-    assert "| SM | **80.0 ± 0.0** | +20.0 | 2.500 ± 0.000 | +0.400 | 1/2 |" in md
+    # SM: higher accuracy (a win, on both seeds: †), higher perplexity (a loss, lower is better there): 1 of 2
+    assert "| SM | **80.0 ± 0.0** | +20.0 † | 2.500 ± 0.000 | +0.400 | 1/2 |" in md
     assert "| MLE | 60.0 ± 14.1 |  | **2.100 ± 0.141** |  |  |" in md
     assert "acc = `test/acc` x 100" in md and "ppl = `test/ppl`" in md
     rows = list(csv.DictReader(to_csv(spec, cells).splitlines()))
@@ -469,3 +469,41 @@ def test_reference_rows_get_no_wins_count_and_are_not_ranked():
         for (r, v) in (("teacher", 0.99), ("CE", 0.9), ("KD", 0.95))
     }
     assert wins(spec, cells, "teacher") == "" and best_rows(spec, cells)["a"] == {"KD"}
+
+
+def test_delta_marks_rows_better_on_every_shared_seed():
+    from divlab.tables.render import beats_every_seed, delta_text
+
+    spec = TableSpec(
+        name="t",
+        metric="test/ppl",
+        higher_is_better=False,
+        baseline_row="base",
+        rows=(Axis("base"), Axis("steady"), Axis("mixed"), Axis("one")),
+        columns=(Axis("a"),),
+    )
+    base = [16.0, 17.0, 15.0]
+    rows = {"base": base, "steady": [15.9, 16.9, 14.9], "mixed": [15.0, 17.5, 14.0]}
+    cells = {(r, "a"): Cell(r, "a", values=v, seeds=[0, 1, 2], expected=3) for r, v in rows.items()}
+    cells[("one", "a")] = Cell("one", "a", values=[1.0], seeds=[1], expected=3)
+    # steady is better on every seed though its mean gain (0.1) is far inside the across-seed std (1.0);
+    # mixed has the larger mean gain (0.5) but loses on seed 1
+    assert beats_every_seed(spec, cells, "steady", "a") is True
+    assert beats_every_seed(spec, cells, "mixed", "a") is False
+    assert beats_every_seed(spec, cells, "one", "a") is None  # one shared seed: no verdict
+    assert delta_text(spec, cells, "steady", "a") == "-0.10 †"
+    assert delta_text(spec, cells, "mixed", "a") == "-0.50"
+
+
+def test_setup_targets_run_before_planning_and_a_failing_one_stops_the_table(tmp_path, capsys):
+    table = tmp_path / "needs_data.yaml"
+    table.write_text(
+        "metric: test/acc\nsetup: [no-such-target-divlab]\nrows: [{name: a}]\ncolumns: [{name: c}]\n"
+    )
+    assert load_table(str(table), ROOT / "conf").setup == ("no-such-target-divlab",)
+    code = reproduce.main([f"table={table}", f"paths.output_root={tmp_path / 'out'}"])
+    assert code == 2 and "`make no-such-target-divlab` (setup of table needs_data) failed" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing was planned or run
+    with pytest.raises(ConfigError, match="setup"):
+        table.write_text("metric: test/acc\nsetup: data-text\nrows: [{name: a}]\ncolumns: [{name: c}]\n")
+        load_table(str(table), ROOT / "conf")

@@ -90,6 +90,26 @@ def beats_baseline(spec: TableSpec, cells, row: str, column: str) -> bool | None
     return d > 0 if spec.higher_is_better_of(column) else d < 0
 
 
+def beats_every_seed(spec: TableSpec, cells, row: str, column: str) -> bool | None:
+    """Whether the row is better than the baseline row on every seed both ran (each seed's runs compared with
+    each other, so what the seeds share cancels); None with fewer than two shared seeds."""
+    if spec.baseline_row is None or row == spec.baseline_row:
+        return None
+    ours, base = cells[(row, column)], cells[(spec.baseline_row, column)]
+    base_by_seed = dict(zip(base.seeds, base.values))
+    pairs = [(v, base_by_seed[s]) for s, v in zip(ours.seeds, ours.values) if s in base_by_seed]
+    if len(pairs) < 2:
+        return None
+    higher = spec.higher_is_better_of(column)
+    return all(v > b if higher else v < b for v, b in pairs)
+
+
+def delta_text(spec: TableSpec, cells, row: str, column: str) -> str:
+    """The Δ cell: `-0.26`, with `†` where the row beats the baseline on every shared seed."""
+    text = fmt(delta(spec, cells, row, column), spec.decimals_of(column), signed=True)
+    return text + " †" if text and beats_every_seed(spec, cells, row, column) else text
+
+
 def wins(spec: TableSpec, cells, row: str) -> str:
     """`k/n`: the columns (of n with both means) where the row beats the baseline row."""
     if row == spec.baseline_row or next(r for r in spec.rows if r.name == row).kind != "run":
@@ -183,7 +203,7 @@ def describe(spec: TableSpec, seeds) -> str:
         what = "per column: " + ", ".join(f"{c.name} = {metric_label(spec, c.name)}" for c in spec.columns)
     text = f"{what}; mean ± sample std over seeds {', '.join(map(str, seeds))} (one seed: its value)"
     if spec.baseline_row is not None:
-        text += f"; Δ: difference of means from {spec.baseline_row}"
+        text += f"; Δ: difference of means from {spec.baseline_row} († better on every seed, seed by seed)"
     if shows_wins(spec):
         text += f"; wins: columns where the row's mean is better than {spec.baseline_row}'s"
     if spec.reference:
@@ -231,7 +251,7 @@ def to_markdown(spec: TableSpec, cells, *, seeds, machine: str, footer: str = ""
                 text = cell_text(cell, decimals).replace("|", "\\|")
                 out.append(f"**{text}**" if row.name in best.get(column, ()) else text)
             elif what == "delta":
-                out.append(fmt(delta(spec, cells, row.name, column), decimals, signed=True))
+                out.append(delta_text(spec, cells, row.name, column))
             else:
                 out.append(fmt(cell.reference, decimals))
         out += [wins(spec, cells, row.name)] if extra else []
@@ -308,6 +328,7 @@ TEX_ESCAPES = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "†": r"$^\dagger$",
 }
 
 
@@ -342,7 +363,7 @@ def to_latex(spec: TableSpec, cells, *, seeds, machine: str) -> str:
                 )
                 out.append(rf"\textbf{{{text}}}" if row.name in best.get(column, ()) else text)
             elif what == "delta":
-                out.append(tex_escape(fmt(delta(spec, cells, row.name, column), decimals, signed=True)))
+                out.append(tex_escape(delta_text(spec, cells, row.name, column)))
             else:
                 out.append(tex_escape(fmt(cell.reference, decimals)))
         out += [tex_escape(wins(spec, cells, row.name))] if extra else []
