@@ -17,8 +17,10 @@ resumes. The tables are built from metrics.json files only.
 
 import shlex
 import signal
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from divlab.cli.conf_dir import conf_dir
 from divlab.errors import ConfigError
@@ -26,6 +28,7 @@ from divlab.tables.cells import RUNS, Runner, plan, refresh, table_dir, to_run
 from divlab.tables.render import cells_from_jobs, machine_line, run_time_line, write_all
 from divlab.tables.spec import load_table
 
+REPO = Path(__file__).resolve().parents[1]  # where the Makefile of a table's `setup` targets is
 OPTIONS = ("table", "jobs", "seeds", "retry_failed", "dry_run")
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
@@ -95,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    for target in spec.setup:  # the data the table's runs read, installed once (the target skips what is there)
+        if subprocess.run(["make", "-s", target], cwd=REPO).returncode != 0:
+            print(f"error: `make {target}` (setup of table {spec.name}) failed; run it by hand", file=sys.stderr)
+            return 2
     seeds = tuple(opts["seeds"] or spec.seeds)
     out_dir = table_dir(spec, conf_dir=conf, extra=extra)
     jobs = plan(spec, conf_dir=conf, seeds=seeds, extra=extra, retry_failed=opts["retry_failed"])

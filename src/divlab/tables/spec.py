@@ -19,6 +19,8 @@ composed from `train` with its overrides (common, then column, then row, then ce
     cell_overrides: {KD: {"CNN -> MLP": [distill.temperature=2]}}    # optional, per (row, column)
     reference: {KD: {"CNN -> MLP": 98.5}}   # optional published values, in shown units (after scale)
     notes: ["...", ...]          # optional lines printed under the table
+    setup: [data-text]           # optional make targets that install the table's data; reproduce.py runs
+                                 # them first (each target checks what is there and installs only what is not)
 """
 
 from dataclasses import dataclass, field
@@ -65,6 +67,7 @@ class TableSpec:
     cell_overrides: dict = field(default_factory=dict)  # {(row, column): (override, ...)}
     reference: dict = field(default_factory=dict)  # {(row, column): float}
     notes: tuple[str, ...] = ()
+    setup: tuple[str, ...] = ()  # make targets run before planning (data the runs need)
 
     def column(self, name: str) -> Axis:
         return next(c for c in self.columns if c.name == name)
@@ -136,6 +139,14 @@ def read_yaml(path: Path):
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or type(e).__name__
         raise ConfigError(f"{path} is not valid YAML{where} ({problem}); fix that line") from None
+
+
+def _targets(value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, (list, ListConfig)) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"setup must be a list of make targets such as [data-text], got {value!r}")
+    return tuple(value)
 
 
 def _strings(value, key: str) -> tuple[str, ...]:
@@ -228,6 +239,7 @@ def _number(value, key: str) -> float:
 COLUMN_KEYS = {"metric": _metric, "scale": _number, "decimals": _decimals, "higher_is_better": _flag}
 
 ALLOWED = {
+    "setup",
     "title",
     "metric",
     "scale",
@@ -287,4 +299,5 @@ def load_table(name: str, conf_dir: str | Path) -> TableSpec:
         cell_overrides=_per_cell(raw.get("cell_overrides"), "cell_overrides", rows, columns, _strings),
         reference=_per_cell(raw.get("reference"), "reference", rows, columns, _number),
         notes=tuple(str(n) for n in (raw.get("notes") or ())),
+        setup=_targets(raw.get("setup")),
     )
