@@ -88,15 +88,16 @@ def build(cfg: DictConfig, *, datamodule=None) -> SeqMatchTask:
     )
 
 
-def start_from_behaviour_cloning(cfg: DictConfig, model: nn.Module) -> None:
-    """seqmatch.init: the student starts from a behaviour-cloning (MLE) model of the same architecture,
-    trained once by `seqmatch.init_train` (task lm, on the run's clean data) and cached like a teacher
-    (`auto`), or read from a divlab checkpoint (a path, loaded weights_only)."""
+def start_from_behaviour_cloning(cfg: DictConfig, model: nn.Module, *, section: str = "seqmatch") -> None:
+    """<section>.init: the student starts from a behaviour-cloning (MLE) model of the same architecture,
+    trained once by `<section>.init_train` (task lm, on the run's clean data) and cached like a teacher
+    (`auto`), or read from a divlab checkpoint (a path, loaded weights_only). `section`: seqmatch, or rlvr
+    (the RL start policy, divlab.tasks.rlvr)."""
     from divlab.provision.teacher import model_view, provision_teacher
 
-    s = cfg.seqmatch
+    s = cfg[section]
     if s.get("init_train") is None and s.init == "auto":
-        raise ConfigError("seqmatch.init=auto needs seqmatch.init_train (the behaviour-cloning recipe)")
+        raise ConfigError(f"{section}.init=auto needs {section}.init_train (the behaviour-cloning recipe)")
     recipe = {
         "task": "lm",
         "builder": "divlab.tasks.lm.build_teacher_task",
@@ -111,7 +112,7 @@ def start_from_behaviour_cloning(cfg: DictConfig, model: nn.Module) -> None:
         "checkpoint": s.init,
         "train": recipe,
     }
-    provision_teacher(model_view(cfg, spec), model, role="behaviour-cloning start", key="seqmatch.init")
+    provision_teacher(model_view(cfg, spec), model, role="behaviour-cloning start", key=f"{section}.init")
     model.train().requires_grad_(True)
 
 
