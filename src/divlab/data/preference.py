@@ -9,6 +9,11 @@ Sources (`source`):
 - `hf:<dataset>[:<split>]`: `datasets.load_dataset` (a Hub id for users with the network, or a local folder)
   whose rows have the same three string fields.
 
+`rejected`: `perturbed` (the default) keeps the rejected responses above; `sampled` asks the task to replace
+them, before training, by a wrong answer the start model itself samples (divlab.provision.rejected: the first
+of `rejected_samples` samples at `rejected_temperature` whose final integer is not the answer; a prompt with
+no wrong sample keeps its perturbed answer, counted and reported). It needs an integer answer on every row.
+
 A permutation seeded by `data_seed` deals the rows to test, then val, then train (held-out prompts never train).
 Every bad row fails before training in one sentence naming data.datamodule.source and its line (file) or
 row (data set): a missing or empty field, or chosen == rejected.
@@ -25,6 +30,8 @@ A batch of B preferences holds 2B rows in the layout of divlab's LM data (divlab
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 from collections.abc import Mapping
@@ -43,6 +50,7 @@ log = logging.getLogger(__name__)
 
 KEY = "data.datamodule.source"
 FIELDS = ("prompt", "chosen", "rejected")
+REJECTED = ("perturbed", "sampled")
 
 
 # ------------------------------------------------------------------ rows
@@ -81,6 +89,20 @@ def read_rows(source: str) -> list[dict]:
     if not rows:
         raise ConfigError(f"{KEY}={source} has no rows; give a file with at least one preference.")
     return rows
+
+
+def check_rejected(rejected: object, samples: object, temperature: object) -> None:
+    """data.datamodule.rejected and its sampling settings."""
+    if rejected not in REJECTED:
+        raise ConfigError(f"data.datamodule.rejected must be one of {', '.join(REJECTED)}, got {rejected!r}.")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ConfigError(f"data.datamodule.rejected_samples must be an integer >= 1, got {samples!r}.")
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not 0 < temperature < float("inf")
+    ):
+        raise ConfigError(f"data.datamodule.rejected_temperature must be a number > 0, got {temperature!r}.")
 
 
 def wrong_answer(answer: int, rng: np.random.Generator) -> int:
@@ -190,6 +212,9 @@ class PreferenceDataModule(pl.LightningDataModule):
         max_response_tokens: int = 32,  # responses are cut to this many tokens, eos included
         batch_size: int = 8,  # preferences per batch and process (2x rows)
         data_seed: int = 0,  # which offline problems / which rows go to which split
+        rejected: str = "perturbed",  # perturbed | sampled: the start model's own wrong answers (the task's)
+        rejected_samples: int = 8,  # rejected=sampled: samples per prompt searched for a wrong answer
+        rejected_temperature: float = 1.0,  # rejected=sampled: their sampling temperature
         num_workers: int = 0,  # DataLoader worker processes
         seed: int = 0,  # the batch order (per epoch); the runner passes it
     ):
@@ -202,6 +227,9 @@ class PreferenceDataModule(pl.LightningDataModule):
             max_prompt_tokens=max_prompt_tokens,
             max_response_tokens=max_response_tokens,
         )
+        check_rejected(rejected, rejected_samples, rejected_temperature)
+        self.rejected, self.rejected_samples = str(rejected), int(rejected_samples)
+        self.rejected_temperature, self.data_seed = float(rejected_temperature), data_seed
         self.tokenizer = tokenizer
         self.pad_id, self.eos_id = check_tokenizer(tokenizer)
         self.source, self.seed = str(source), seed
@@ -211,6 +239,14 @@ class PreferenceDataModule(pl.LightningDataModule):
         self._examples = load_splits(
             self.source, n_train=n_train, n_val=n_val, n_test=n_test, data_seed=data_seed
         )
+        if self.rejected == "sampled":
+            for split in SPLITS:
+                if any(r["answer"] is None for r in self._examples[split]):
+                    raise ConfigError(
+                        f"data.datamodule.rejected=sampled needs an integer 'answer' on every row of {KEY}="
+                        f"{self.source} (a sample is wrong when its final integer differs from it); add one "
+                        "or use rejected=perturbed."
+                    )
         self._splits, tied = {}, 0
         for split in SPLITS:
             rows = self._examples[split]
@@ -237,6 +273,26 @@ class PreferenceDataModule(pl.LightningDataModule):
     def response_ids(self, text: str) -> list[int]:
         ids = [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
         return ids[: self.max_response_tokens - 1] + [self.eos_id]
+
+    def prompt_digest(self, split: str) -> str:
+        """sha256 of the split's tokenised prompts and answers (a cache key for sampled rejected answers)."""
+        rows = [[p, e["answer"]] for (p, *_), e in zip(self._splits[split].rows, self._examples[split])]
+        return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
+
+    def use_rejected(self, split: str, texts: list[str | None]) -> int:
+        """Replace `split`'s rejected responses by `texts` (None: keep that row's); returns how many were kept."""
+        rows, examples = self._splits[split].rows, self._examples[split]
+        if len(texts) != len(rows):
+            raise ValueError(f"use_rejected got {len(texts)} responses for {len(rows)} {split} preferences.")
+        kept = 0
+        for i, text in enumerate(texts):
+            if text is None:
+                kept += 1
+                continue
+            examples[i] = {**examples[i], "rejected": text}
+            prompt, chosen, _ = rows[i]
+            rows[i] = (prompt, chosen, self.response_ids(text))
+        return kept
 
     def examples(self, split: str) -> list[dict]:
         """{"prompt", "chosen", "rejected", "answer"} per preference of `split`."""

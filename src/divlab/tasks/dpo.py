@@ -9,6 +9,10 @@ tree (never trained, never in a checkpoint; a resumed run rebuilds it from stude
 Metrics (train/, val/, test/): loss, accuracy (share of preferences with reward margin > 0, %), margin (mean
 beta f'(u_w) - beta f'(u_l)), chosen_reward, rejected_reward; val/ and test/ also kl_ref, the mean per-token
 KL(policy || reference) over the chosen responses (exact over the vocabulary at each teacher-forced position).
+test/ (and val/ with dpo.generate_val) also the generation metrics of divlab.tasks.dpo_eval on the held-out
+prompts: exact_match, ece, confidence, distinct_1, distinct_2, entropy, kl_seq. With
+data.datamodule.rejected=sampled the rejected answers are the start model's own wrong samples
+(divlab.provision.rejected); test/rejected_fallback is the % of test preferences that kept the perturbed one.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from divlab.errors import ConfigError
 from divlab.objectives.fdpo import FDPOLoss
 from divlab.objectives.lm import action_mask
 from divlab.tasks.base import DivlabTask, optimizer_config
+from divlab.tasks.dpo_eval import DPOGenerationEval
 
 TERMS = ("loss", "margin", "chosen_reward", "rejected_reward")
 
@@ -35,6 +40,18 @@ def check_settings(d: DictConfig) -> None:
     beta = d.get("beta")
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < math.inf:
         raise ConfigError(f"dpo.beta must be a finite number > 0, got {beta!r}")
+    samples = d.get("samples", 0)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise ConfigError(
+            f"dpo.samples must be an integer >= 0 (samples per held-out prompt), got {samples!r}"
+        )
+    temperature = d.get("temperature", 1.0)
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not 0 < temperature < math.inf
+    ):
+        raise ConfigError(f"dpo.temperature must be a finite number > 0, got {temperature!r}")
 
 
 def build(cfg: DictConfig, *, datamodule=None) -> DPOTask:
@@ -63,10 +80,27 @@ def build(cfg: DictConfig, *, datamodule=None) -> DPOTask:
             f"data.datamodule.tokenizer has {len(datamodule.tokenizer)} tokens but student.model only "
             f"{policy.vocab_size} output rows; use the policy's own tokenizer"
         )
-    return DPOTask(model=policy, reference=copy.deepcopy(policy), loss=loss, **optimization(cfg))
+    reference = copy.deepcopy(policy)
+    fallback = None
+    if getattr(datamodule, "rejected", "perturbed") == "sampled":
+        from divlab.provision.rejected import use_sampled_rejected
+
+        fallback = use_sampled_rejected(cfg, reference, datamodule)
+    return DPOTask(
+        model=policy,
+        reference=reference,
+        loss=loss,
+        samples=int(cfg.dpo.get("samples", 0)),
+        temperature=float(cfg.dpo.get("temperature", 1.0)),
+        generate_val=bool(cfg.dpo.get("generate_val", False)),
+        max_new_tokens=datamodule.max_response_tokens,
+        eval_batch_size=2 * datamodule.batch_size,
+        rejected_fallback=None if fallback is None else fallback.get("test"),
+        **optimization(cfg),
+    )
 
 
-class DPOTask(DivlabTask):
+class DPOTask(DPOGenerationEval, DivlabTask):
     def __init__(
         self,
         *,
@@ -75,13 +109,22 @@ class DPOTask(DivlabTask):
         loss: FDPOLoss,  # f-DPO (divergence, beta)
         optimizer: Callable,  # partial: params -> torch.optim.Optimizer
         scheduler: Callable | None = None,  # partial: optimizer -> LR scheduler (stepped per epoch)
-        seed: int = 0,  # reseeds torch every epoch
+        samples: int = 4,  # samples per held-out prompt for distinct-n, entropy, kl_seq (0: none)
+        temperature: float = 1.0,  # their sampling temperature
+        generate_val: bool = False,  # also the generation metrics on val, every epoch
+        max_new_tokens: int = 32,  # longest generated response (the data's max_response_tokens)
+        eval_batch_size: int = 16,  # prompts per generation / scoring batch
+        rejected_fallback: float | None = None,  # % of test rejected answers that are perturbed, not sampled
+        seed: int = 0,  # reseeds torch every epoch; seeds the metric samples
     ):
         super().__init__(seed=seed, task_name="dpo", best_metric="val/loss", best_mode="min")
         self.model, self.loss = model, loss
         self.hold_frozen("reference", reference)
         self.kl_ref = get_divergence("reverse_kl")  # the metric kl_ref, not the loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.samples, self.temperature, self.generate_val = samples, temperature, generate_val
+        self.max_new_tokens, self.eval_batch_size = max_new_tokens, eval_batch_size
+        self.rejected_fallback = rejected_fallback
 
     @property
     def reference(self) -> nn.Module:
@@ -153,9 +196,16 @@ class DPOTask(DivlabTask):
         value = self.trainer.callback_metrics.get("val/loss")
         if value is not None:
             self.update_best(float(value))
+        if self.generate_val:
+            self.log_generation_metrics("val")
 
     def test_step(self, batch, batch_idx):
         self._log_eval("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_generation_metrics("test")
+        if self.rejected_fallback is not None:
+            self.log("test/rejected_fallback", float(self.rejected_fallback))
 
     def configure_optimizers(self):
         return optimizer_config(self.model.parameters(), self.optimizer_factory, self.scheduler_factory)
