@@ -98,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
-    for target in spec.setup:  # the data the table's runs read, installed once (the target skips what is there)
+    for (
+        target
+    ) in spec.setup:  # the data the table's runs read, installed once (the target skips what is there)
         if subprocess.run(["make", "-s", target], cwd=REPO).returncode != 0:
-            print(f"error: `make {target}` (setup of table {spec.name}) failed; run it by hand", file=sys.stderr)
+            print(
+                f"error: `make {target}` (setup of table {spec.name}) failed; run it by hand", file=sys.stderr
+            )
             return 2
     seeds = tuple(opts["seeds"] or spec.seeds)
     out_dir = table_dir(spec, conf_dir=conf, extra=extra)

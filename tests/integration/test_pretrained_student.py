@@ -136,7 +136,11 @@ def test_pretrained_student_is_refused_by_token_tasks_in_one_sentence(task):
     from divlab.utils.hf_student import PRETRAINED_BUILDER, follow_hf_student
 
     cfg = OmegaConf.create(
-        {"task": {"name": task}, "student": {"model": {"_target_": PRETRAINED_BUILDER}}, "data": {"datamodule": {}}}
+        {
+            "task": {"name": task},
+            "student": {"model": {"_target_": PRETRAINED_BUILDER}},
+            "data": {"datamodule": {}},
+        }
     )
     with pytest.raises(ConfigError, match=f"task={task} trains its own start"):
         follow_hf_student(cfg)

@@ -502,7 +502,10 @@ def test_setup_targets_run_before_planning_and_a_failing_one_stops_the_table(tmp
     )
     assert load_table(str(table), ROOT / "conf").setup == ("no-such-target-divlab",)
     code = reproduce.main([f"table={table}", f"paths.output_root={tmp_path / 'out'}"])
-    assert code == 2 and "`make no-such-target-divlab` (setup of table needs_data) failed" in capsys.readouterr().err
+    assert (
+        code == 2
+        and "`make no-such-target-divlab` (setup of table needs_data) failed" in capsys.readouterr().err
+    )
     assert not (tmp_path / "out").exists()  # nothing was planned or run
     with pytest.raises(ConfigError, match="setup"):
         table.write_text("metric: test/acc\nsetup: data-text\nrows: [{name: a}]\ncolumns: [{name: c}]\n")

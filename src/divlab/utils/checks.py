@@ -104,7 +104,10 @@ def check_config(cfg: DictConfig) -> None:
     check_number(cfg, "trainer.max_epochs", low=1, strict=False)
     check_strategy_under_multirun(cfg)
     strategy = cfg.trainer.get("strategy")
-    if isinstance(strategy, DictConfig) and strategy.get("_target_") == "divlab.models.hf.sharding.ShardedHFStrategy":
+    if (
+        isinstance(strategy, DictConfig)
+        and strategy.get("_target_") == "divlab.models.hf.sharding.ShardedHFStrategy"
+    ):
         from divlab.models.hf.sharding import check_fsdp  # trainer=fsdp: HF models, a GPU, its precision
 
         check_fsdp(cfg)

@@ -15,7 +15,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from divlab.errors import ConfigError
 
 HF_BUILDER = "divlab.models.hf.build_hf_lm"
-PRETRAINED_BUILDER = "divlab.provision.pretrained.build_pretrained_hf_lm"  # an HF student LM-pre-trained first
+PRETRAINED_BUILDER = (
+    "divlab.provision.pretrained.build_pretrained_hf_lm"  # an HF student LM-pre-trained first
+)
 BACKSPACE = {"lm": True, "seqmatch": True, "mix_lm": False}  # token-data tasks: does the data add "<bs>"?
 
 
