@@ -109,6 +109,7 @@ def test_cifar10_recipes_are_class_conditional_and_uncond_is_an_override(compose
     assert smoke.teacher.model.path == f"{SMOKE}/edm-cifar10-small.safetensors"
 
 
+@pytest.mark.slow  # ~26 s; the image-folder path itself is in test_onestep_image_folder.py
 def test_imagenet64_fdistill_smoke_command_runs_on_cpu(run_cli, tmp_path):
     """The ImageNet-64 recipe on data=image_folder: real batches (images and class labels) from the folder's
     loaders, the val/test reference from the first one_step.eval_samples images of its loaders."""

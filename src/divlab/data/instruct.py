@@ -61,6 +61,20 @@ class PromptResponseDataset(Dataset):
         }
 
 
+def response_batch(prompts: list[list[int]], responses: list[list[int]], *, pad_id: int) -> dict:
+    """Right-padded LM batch (tokens, prompt_len, length) of prompt + response rows."""
+    rows = [p + r for p, r in zip(prompts, responses)]
+    width = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return {
+        "tokens": tokens,
+        "prompt_len": torch.tensor([len(p) for p in prompts]),
+        "length": torch.tensor([len(r) for r in rows]),
+    }
+
+
 def left_padded_batches(rows: Sequence[list[int]], *, batch_size: int, pad_id: int) -> Iterator[dict]:
     """Token rows in order, `batch_size` at a time, LEFT-padded for generation: input_ids (B, L),
     attention_mask (B, L), index (B,) into `rows`."""

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from divlab.data.instruct import SPLITS, check_sizes, check_tokenizer
+from divlab.data.instruct import SPLITS, check_sizes, check_tokenizer, response_batch
 from divlab.data.instruct_sources import hf_rows, jsonl_rows
 from divlab.errors import ConfigError
 
@@ -183,16 +183,8 @@ class PreferenceDataset(Dataset):
 def pair_batch(items: list[tuple], *, pad_id: int) -> dict:
     """The 2B-row batch of the module docstring from (prompt, chosen, rejected, index) items."""
     prompts = [p for p, *_ in items] * 2
-    rows = [p + c for p, c, _, _ in items] + [p + r for p, _, r, _ in items]
-    tokens = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return {
-        "tokens": tokens,
-        "prompt_len": torch.tensor([len(p) for p in prompts]),
-        "length": torch.tensor([len(r) for r in rows]),
-        "index": torch.tensor([i for *_, i in items]),
-    }
+    answers = [c for _, c, _, _ in items] + [r for _, _, r, _ in items]
+    return {**response_batch(prompts, answers, pad_id=pad_id), "index": torch.tensor([i for *_, i in items])}
 
 
 class PreferenceDataModule(pl.LightningDataModule):

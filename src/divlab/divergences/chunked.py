@@ -198,15 +198,21 @@ class _FusedLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        if ctx.used:
-            raise RuntimeError("fused_linear_divergence: backward can run only once per forward.")
-        ctx.used = True
-        grad_h, grad_w = ctx.saved_tensors
-        if not bool(grad_out == 1):
-            for g in (grad_h, grad_w):
-                if g is not None:
-                    g.mul_(grad_out.to(g.dtype))
-        return grad_h, grad_w, None, None, None, None, None, None
+        return saved_linear_grads(ctx, grad_out, "fused_linear_divergence")
+
+
+def saved_linear_grads(ctx, grad_out, name: str) -> tuple:
+    """Backward of a fused linear + divergence Function whose forward saved (grad_hidden, grad_weight) and took
+    eight inputs: the saved gradients scaled in place by grad_out (once: a second backward has nothing left)."""
+    if ctx.used:
+        raise RuntimeError(f"{name}: backward can run only once per forward.")
+    ctx.used = True
+    grad_h, grad_w = ctx.saved_tensors
+    if not bool(grad_out == 1):
+        for g in (grad_h, grad_w):
+            if g is not None:
+                g.mul_(grad_out.to(g.dtype))
+    return grad_h, grad_w, None, None, None, None, None, None
 
 
 def fused_linear_divergence(

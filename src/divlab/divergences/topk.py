@@ -30,7 +30,7 @@ from torch import Tensor
 from divlab.errors import ConfigError
 
 from .base import compute_dtype
-from .chunked import _chunk_rows, _resolve
+from .chunked import _chunk_rows, _resolve, saved_linear_grads
 
 
 @torch.no_grad()
@@ -108,15 +108,7 @@ class _FusedTopk(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        if ctx.used:
-            raise RuntimeError("fused_linear_topk_divergence: backward can run only once per forward.")
-        ctx.used = True
-        grad_h, grad_w = ctx.saved_tensors
-        if not bool(grad_out == 1):
-            for g in (grad_h, grad_w):
-                if g is not None:
-                    g.mul_(grad_out.to(g.dtype))
-        return grad_h, grad_w, None, None, None, None, None, None
+        return saved_linear_grads(ctx, grad_out, "fused_linear_topk_divergence")
 
 
 def fused_linear_topk_divergence(

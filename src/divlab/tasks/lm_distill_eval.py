@@ -18,22 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from divlab.data.instruct import response_batch  # noqa: F401  (re-exported: tasks import it from here)
 from divlab.objectives.lm import action_mask
 from divlab.objectives.lm_distill import chunked_nll
-
-
-def response_batch(prompts: list[list[int]], responses: list[list[int]], *, pad_id: int) -> dict:
-    """Right-padded LM batch (tokens, prompt_len, length) of prompt + response rows."""
-    rows = [p + r for p, r in zip(prompts, responses)]
-    width = max(len(r) for r in rows)
-    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return {
-        "tokens": tokens,
-        "prompt_len": torch.tensor([len(p) for p in prompts]),
-        "length": torch.tensor([len(r) for r in rows]),
-    }
 
 
 def prompt_rows(batch: dict) -> list[list[int]]:
