@@ -310,3 +310,26 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="requires_gpu: torch.cuda.is_available() is False on this machine")
     for item in marked:
         item.add_marker(skip)
+
+
+@pytest.fixture
+def tiny_lmkd(tiny_llama_dir):
+    """Overrides that put the tiny local Llama where lmkd/smol_fkl has SmolLM2 (teacher, student base)."""
+    d = str(tiny_llama_dir)
+    return [
+        "experiment=lmkd/smol_fkl",
+        "teacher.model.source=local",
+        f"+teacher.model.path={d}",
+        "student.model.base.source=local",
+        f"+student.model.base.path={d}",
+        "student.model.overrides.num_hidden_layers=2",
+        "data.datamodule.n_train=16",
+        "data.datamodule.n_val=8",
+        "data.datamodule.n_test=8",
+        "data.datamodule.batch_size=4",
+        "data.datamodule.max_prompt_tokens=48",
+        "data.datamodule.max_response_tokens=12",
+        "lm_distill.eval_batch_size=8",
+        "trainer.limit_val_batches=1",
+        "callbacks=none",
+    ]

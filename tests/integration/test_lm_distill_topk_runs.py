@@ -17,28 +17,6 @@ TOPK = ["lm_distill.teacher_outputs=topk"]
 DATA = ["lm_distill.responses=data"]  # the data's responses: more tokens than the tiny teacher's greedy ones
 
 
-@pytest.fixture
-def tiny_lmkd(tiny_llama_dir):
-    d = str(tiny_llama_dir)
-    return [
-        "experiment=lmkd/smol_fkl",
-        "teacher.model.source=local",
-        f"+teacher.model.path={d}",
-        "student.model.base.source=local",
-        f"+student.model.base.path={d}",
-        "student.model.overrides.num_hidden_layers=2",
-        "data.datamodule.n_train=16",
-        "data.datamodule.n_val=8",
-        "data.datamodule.n_test=8",
-        "data.datamodule.batch_size=4",
-        "data.datamodule.max_prompt_tokens=48",
-        "data.datamodule.max_response_tokens=12",
-        "lm_distill.eval_batch_size=8",
-        "trainer.limit_val_batches=1",
-        "callbacks=none",
-    ]
-
-
 def cache_dirs(outputs):
     return sorted(p for p in (outputs / "teacher_topk").iterdir() if p.is_dir())
 
