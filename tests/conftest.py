@@ -313,8 +313,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def tiny_lmkd(tiny_llama_dir):
-    """Overrides that put the tiny local Llama where lmkd/smol_fkl has SmolLM2 (teacher, student base)."""
+def tiny_lmkd_base(tiny_llama_dir):
+    """Overrides that put the tiny local Llama where lmkd/smol_fkl has SmolLM2 (teacher, and the base of a
+    2-block student), with 16 training rows and 8 validation and test rows."""
     d = str(tiny_llama_dir)
     return [
         "experiment=lmkd/smol_fkl",
@@ -326,10 +327,13 @@ def tiny_lmkd(tiny_llama_dir):
         "data.datamodule.n_train=16",
         "data.datamodule.n_val=8",
         "data.datamodule.n_test=8",
-        "data.datamodule.batch_size=4",
         "data.datamodule.max_prompt_tokens=48",
         "data.datamodule.max_response_tokens=12",
         "lm_distill.eval_batch_size=8",
-        "trainer.limit_val_batches=1",
-        "callbacks=none",
     ]
+
+
+@pytest.fixture
+def tiny_lmkd(tiny_lmkd_base):
+    """tiny_lmkd_base at batch 4, one validation batch, no callbacks."""
+    return [*tiny_lmkd_base, "data.datamodule.batch_size=4", "trainer.limit_val_batches=1", "callbacks=none"]

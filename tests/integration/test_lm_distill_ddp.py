@@ -15,23 +15,10 @@ KEYS = ("train/loss", "train/kd", "val/loss", "val/kd", "test/nll", "test/nll_te
 
 
 @pytest.fixture
-def tiny_lmkd(tiny_llama_dir):
-    """tests/integration/test_lm_distill_runs.py's tiny overrides: the tiny local Llama as teacher and as the
-    base of a 2-block student, 16 training rows (4 steps at batch 4), every validation and test row."""
-    d = str(tiny_llama_dir)
+def tiny_lmkd(tiny_lmkd_base):
+    """conftest's tiny_lmkd_base with the exact cached teacher and every train/validation/test batch."""
     return [
-        "experiment=lmkd/smol_fkl",
-        "teacher.model.source=local",
-        f"+teacher.model.path={d}",
-        "student.model.base.source=local",
-        f"+student.model.base.path={d}",
-        "student.model.overrides.num_hidden_layers=2",
-        "data.datamodule.n_train=16",
-        "data.datamodule.n_val=8",
-        "data.datamodule.n_test=8",
-        "data.datamodule.max_prompt_tokens=48",
-        "data.datamodule.max_response_tokens=12",
-        "lm_distill.eval_batch_size=8",
+        *tiny_lmkd_base,
         "lm_distill.teacher_outputs=cached",
         "trainer.limit_train_batches=1.0",
         "trainer.limit_val_batches=1.0",

@@ -53,32 +53,17 @@ class OnCPU(FSDP, metaclass=_AnyFSDP):
         super().__init__(*args, device_id=torch.device("cpu"), **kwargs)
 
 
-def tiny(d: Path, name: str) -> list[str]:
-    return [
-        "experiment=lmkd/smol_fkl",
-        f"experiment_name={name}",
-        "teacher.model.source=local",
-        f"+teacher.model.path={d}",
-        "student.model.base.source=local",
-        f"+student.model.base.path={d}",
-        "student.model.overrides.num_hidden_layers=2",
-        "data.datamodule.n_train=16",
-        "data.datamodule.n_val=8",
-        "data.datamodule.n_test=8",
-        "data.datamodule.max_prompt_tokens=48",
-        "data.datamodule.max_response_tokens=12",
-        "lm_distill.eval_batch_size=8",
-        "trainer.max_epochs=1",
-    ]
+def tiny(base: list[str], name: str) -> list[str]:
+    return [*base, f"experiment_name={name}", "trainer.max_epochs=1"]
 
 
-def test_fsdp_on_two_cpu_ranks_equals_one_process(run_cli, tiny_llama_dir, outputs, monkeypatch):
+def test_fsdp_on_two_cpu_ranks_equals_one_process(run_cli, tiny_lmkd_base, outputs, monkeypatch):
     here = str(Path(__file__).resolve().parent)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p))
-    one = run_cli(*tiny(tiny_llama_dir, "one"), "trainer=cpu", "data.datamodule.batch_size=4")
+    one = run_cli(*tiny(tiny_lmkd_base, "one"), "trainer=cpu", "data.datamodule.batch_size=4")
     assert one.returncode == 0, one.stderr[-3000:]
     sharded = run_cli(
-        *tiny(tiny_llama_dir, "fsdp"),
+        *tiny(tiny_lmkd_base, "fsdp"),
         "trainer=fsdp",
         "trainer.accelerator=cpu",
         "trainer.precision=32-true",
