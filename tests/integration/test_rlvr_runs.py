@@ -141,3 +141,25 @@ def test_a_user_reward_function_is_used(compose_cfg, reward_module):
 
     task = build(cfg, datamodule=build_spec(cfg.data.datamodule, seed=0))
     assert task.reward("1+2=", "3", "3") == 1.0 and task.reward("1+2=", "4", "3") == 0.0
+
+
+def test_task_fit_false_evaluates_the_start_without_rl(compose_cfg, reward_module, monkeypatch):
+    """task.fit=false (the start row of table dphrl_arith): the start policy is provisioned and tested, no RL step
+    runs, so the policy's pass@k is the start's and nothing is forgotten."""
+    from divlab.tasks import rlvr
+
+    def refuse(self, batch, batch_idx):
+        raise AssertionError("an RL step ran under task.fit=false")
+
+    monkeypatch.setattr(rlvr.RLVRTask, "training_step", refuse)
+    # the length reward scores any non-empty completion, so even the 1-epoch start has pass@k > 0
+    record = run(
+        compose_cfg(*TINY, "rlvr.divergence=forward_kl", "task.fit=false", "rlvr.reward=my_rewards:length")
+    )
+    m = record["metrics"]
+    assert record["global_step"] == 0
+    for key in ("pass_at_1", "pass_at_8", "other_pass_at_1"):
+        assert m[f"test/{key}"] == pytest.approx(m[f"test/start_{key}"]), key
+    assert m["test/forgetting"] == pytest.approx(0.0)
+    assert 0 < m["test/pass_at_8"] <= 1  # a real evaluation ran
+    assert not any(k.startswith("train/") for k in m)

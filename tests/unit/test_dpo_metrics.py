@@ -89,7 +89,16 @@ def test_generation_metrics_kl_zero_when_policy_is_reference(tiny):
     )
     task._trainer = SimpleNamespace(datamodule=dm, sanity_checking=False)
     m = task.generation_metrics("test")
-    assert set(m) == {"exact_match", "ece", "confidence", "distinct_1", "distinct_2", "entropy", "kl_seq"}
+    assert set(m) == {
+        "exact_match",
+        "ece",
+        "confidence",
+        "distinct_1",
+        "distinct_2",
+        "distinct_samples",
+        "entropy",
+        "kl_seq",
+    }
     assert abs(m["kl_seq"]) < 1e-4  # log pi_theta(y) - log pi_ref(y) = 0 on every sample
     assert 0 <= m["exact_match"] <= 100 and 0 <= m["ece"] <= 100 and 0 < m["confidence"] <= 1
     assert 0 < m["distinct_1"] <= 1 and 0 <= m["distinct_2"] <= 1 and m["entropy"] > 0

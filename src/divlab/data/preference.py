@@ -187,50 +187,16 @@ def pair_batch(items: list[tuple], *, pad_id: int) -> dict:
     return {**response_batch(prompts, answers, pad_id=pad_id), "index": torch.tensor([i for *_, i in items])}
 
 
-class PreferenceDataModule(pl.LightningDataModule):
-    """Chat-templated preferences from the offline arithmetic set, a JSONL file or a Hugging Face data set."""
+class PreferenceSplits(pl.LightningDataModule):
+    """What task=dpo reads of a preference data module (this one and divlab.data.preference_arith): the
+    tokenised splits, their examples, the sampled-rejected hooks and the loaders. A subclass sets tokenizer,
+    pad_id, eos_id, the size/sampling attributes and `_examples`, defines prompt_ids / response_ids, then
+    calls `_tokenise()`."""
 
     kind = "preference"  # task=dpo reads this
 
-    def __init__(
-        self,
-        *,
-        tokenizer,  # a transformers tokenizer with a chat template (the policy's)
-        source: str = "offline",  # offline | a .jsonl path | hf:<dataset>[:<split>]
-        n_train: int | None = 512,  # training preferences (file/hf: None = every row not held out)
-        n_val: int = 64,  # validation preferences
-        n_test: int = 64,  # held-out test preferences
-        max_prompt_tokens: int = 96,  # longer templated prompts lose their first tokens
-        max_response_tokens: int = 32,  # responses are cut to this many tokens, eos included
-        batch_size: int = 8,  # preferences per batch and process (2x rows)
-        data_seed: int = 0,  # which offline problems / which rows go to which split
-        rejected: str = "perturbed",  # perturbed | sampled: the start model's own wrong answers (the task's)
-        rejected_samples: int = 8,  # rejected=sampled: samples per prompt searched for a wrong answer
-        rejected_temperature: float = 1.0,  # rejected=sampled: their sampling temperature
-        num_workers: int = 0,  # DataLoader worker processes
-        seed: int = 0,  # the batch order (per epoch); the runner passes it
-    ):
-        super().__init__()
-        check_sizes(
-            n_train=n_train,
-            n_val=n_val,
-            n_test=n_test,
-            batch_size=batch_size,
-            max_prompt_tokens=max_prompt_tokens,
-            max_response_tokens=max_response_tokens,
-        )
-        check_rejected(rejected, rejected_samples, rejected_temperature)
-        self.rejected, self.rejected_samples = str(rejected), int(rejected_samples)
-        self.rejected_temperature, self.data_seed = float(rejected_temperature), data_seed
-        self.tokenizer = tokenizer
-        self.pad_id, self.eos_id = check_tokenizer(tokenizer)
-        self.source, self.seed = str(source), seed
-        self.max_prompt_tokens, self.max_response_tokens = max_prompt_tokens, max_response_tokens
-        self.max_len = max_prompt_tokens + max_response_tokens
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self._examples = load_splits(
-            self.source, n_train=n_train, n_val=n_val, n_test=n_test, data_seed=data_seed
-        )
+    def _tokenise(self) -> None:
+        """The PreferenceDataset of every split from `_examples` (checks rejected=sampled's answers)."""
         if self.rejected == "sampled":
             for split in SPLITS:
                 if any(r["answer"] is None for r in self._examples[split]):
@@ -252,19 +218,8 @@ class PreferenceDataModule(pl.LightningDataModule):
                 "%d preferences have the same chosen and rejected tokens after the cut to "
                 "data.datamodule.max_response_tokens=%d: they carry no preference; raise it.",
                 tied,
-                max_response_tokens,
+                self.max_response_tokens,
             )
-
-    def prompt_ids(self, text: str) -> list[int]:
-        out = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-        )
-        ids = out["input_ids"] if isinstance(out, Mapping) else out  # transformers 5: a BatchEncoding
-        return [int(i) for i in ids][-self.max_prompt_tokens :]
-
-    def response_ids(self, text: str) -> list[int]:
-        ids = [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
-        return ids[: self.max_response_tokens - 1] + [self.eos_id]
 
     def prompt_digest(self, split: str) -> str:
         """sha256 of the split's tokenised prompts and answers (a cache key for sampled rejected answers)."""
@@ -323,3 +278,59 @@ class PreferenceDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=self._collate,
         )
+
+
+class PreferenceDataModule(PreferenceSplits):
+    """Chat-templated preferences from the offline arithmetic set, a JSONL file or a Hugging Face data set."""
+
+    def __init__(
+        self,
+        *,
+        tokenizer,  # a transformers tokenizer with a chat template (the policy's)
+        source: str = "offline",  # offline | a .jsonl path | hf:<dataset>[:<split>]
+        n_train: int | None = 512,  # training preferences (file/hf: None = every row not held out)
+        n_val: int = 64,  # validation preferences
+        n_test: int = 64,  # held-out test preferences
+        max_prompt_tokens: int = 96,  # longer templated prompts lose their first tokens
+        max_response_tokens: int = 32,  # responses are cut to this many tokens, eos included
+        batch_size: int = 8,  # preferences per batch and process (2x rows)
+        data_seed: int = 0,  # which offline problems / which rows go to which split
+        rejected: str = "perturbed",  # perturbed | sampled: the start model's own wrong answers (the task's)
+        rejected_samples: int = 8,  # rejected=sampled: samples per prompt searched for a wrong answer
+        rejected_temperature: float = 1.0,  # rejected=sampled: their sampling temperature
+        num_workers: int = 0,  # DataLoader worker processes
+        seed: int = 0,  # the batch order (per epoch); the runner passes it
+    ):
+        super().__init__()
+        check_sizes(
+            n_train=n_train,
+            n_val=n_val,
+            n_test=n_test,
+            batch_size=batch_size,
+            max_prompt_tokens=max_prompt_tokens,
+            max_response_tokens=max_response_tokens,
+        )
+        check_rejected(rejected, rejected_samples, rejected_temperature)
+        self.rejected, self.rejected_samples = str(rejected), int(rejected_samples)
+        self.rejected_temperature, self.data_seed = float(rejected_temperature), data_seed
+        self.tokenizer = tokenizer
+        self.pad_id, self.eos_id = check_tokenizer(tokenizer)
+        self.source, self.seed = str(source), seed
+        self.max_prompt_tokens, self.max_response_tokens = max_prompt_tokens, max_response_tokens
+        self.max_len = max_prompt_tokens + max_response_tokens
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self._examples = load_splits(
+            self.source, n_train=n_train, n_val=n_val, n_test=n_test, data_seed=data_seed
+        )
+        self._tokenise()
+
+    def prompt_ids(self, text: str) -> list[int]:
+        out = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+        )
+        ids = out["input_ids"] if isinstance(out, Mapping) else out  # transformers 5: a BatchEncoding
+        return [int(i) for i in ids][-self.max_prompt_tokens :]
+
+    def response_ids(self, text: str) -> list[int]:
+        ids = [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+        return ids[: self.max_response_tokens - 1] + [self.eos_id]

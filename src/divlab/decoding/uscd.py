@@ -34,8 +34,9 @@ Q_t = softmax(l_t):
 
 Shapes: rows (B, V) of logits, or any (..., V); every function works on the last dimension.
 
-Config keys, for a task that wires a decoding option (not wired yet); each maps to the keyword of
-`divlab.decoding.generate` of the same name, mode -> decode:
+Config keys: the `decode` group (conf/decode/{greedy,contrastive,uscd}.yaml, read by task=code_eval,
+divlab/tasks/code_eval.py); each maps to the keyword of `divlab.decoding.generate` of the same name,
+mode -> decode:
 
     decode:
       mode: greedy        # greedy | contrastive | uscd
@@ -43,6 +44,7 @@ Config keys, for a task that wires a decoding option (not wired yet); each maps 
       weight: null        # contrastive, uscd: c = log P_standard - weight * log P_lame, weight >= 0
       divergence: js      # uscd: the uncertainty divergence, a name of divlab.divergences (P = standard)
       plausibility: 0.0   # contrastive, uscd: Li et al.'s alpha in [0, 1]; 0 = no plausibility constraint
+      max_new_tokens: 24  # tokens decoded per prompt
 """
 
 from __future__ import annotations

@@ -1,16 +1,19 @@
-"""Preference optimisation (`task=dpo`): a Hugging Face policy against a frozen reference, its start model.
+"""Preference optimisation (`task=dpo`): a policy against a frozen reference, its start model.
 
 The loss is divlab.objectives.fdpo (f-DPO, Wang et al. 2023): `divergence=reverse_kl` is DPO, `forward_kl`,
 `js` and `alpha` (0 < alpha < 1) the paper's other constraints; `dpo.beta` the constraint strength. The
-reference is a frozen copy of the policy as built (student.model: the same weights), held outside the module
-tree (never trained, never in a checkpoint; a resumed run rebuilds it from student.model). Data: data=preference
-(prompt, chosen, rejected; divlab.data.preference).
+reference is a frozen copy of the policy's start, held outside the module tree (never trained, never in a
+checkpoint; a resumed run rebuilds it). Policies: a Hugging Face LM (student=smollm2_*; the start is the model
+as built, dpo.init=null) on data=preference (prompt, chosen, rejected; divlab.data.preference), or a divlab GPT
+(student=gpt_tiny; divlab.tasks.dpo_policy) on data=preference_arith (divlab.data.preference_arith), whose
+start with dpo.init=auto is an MLE model trained once per seed by dpo.init_train on the same arithmetic
+problems and cached like a teacher (the mechanism of seqmatch.init and rlvr.init).
 
 Metrics (train/, val/, test/): loss, accuracy (share of preferences with reward margin > 0, %), margin (mean
 beta f'(u_w) - beta f'(u_l)), chosen_reward, rejected_reward; val/ and test/ also kl_ref, the mean per-token
 KL(policy || reference) over the chosen responses (exact over the vocabulary at each teacher-forced position).
 test/ (and val/ with dpo.generate_val) also the generation metrics of divlab.tasks.dpo_eval on the held-out
-prompts: exact_match, ece, confidence, distinct_1, distinct_2, entropy, kl_seq. With
+prompts: exact_match, ece, confidence, distinct_1, distinct_2, distinct_samples, entropy, kl_seq. With
 data.datamodule.rejected=sampled the rejected answers are the start model's own wrong samples
 (divlab.provision.rejected); test/rejected_fallback is the % of test preferences that kept the perturbed one.
 """
@@ -22,7 +25,7 @@ import math
 from collections.abc import Callable
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from divlab.divergences import get_divergence
@@ -61,10 +64,53 @@ def build(cfg: DictConfig, *, datamodule=None) -> DPOTask:
 
     check_settings(cfg.dpo)
     if getattr(datamodule, "kind", None) != "preference":
-        raise ConfigError(f"task=dpo needs preference data (data=preference), got data={cfg.data.name}")
+        raise ConfigError(
+            f"task=dpo needs preference data (data=preference, or data=preference_arith for a divlab GPT), "
+            f"got data={cfg.data.name}"
+        )
     loss = FDPOLoss(
         divergence=build_spec(cfg.divergence), beta=cfg.dpo.beta
     )  # refuses a divergence without f'
+    if ".hf." in str(cfg.student.model.get("_target_", "")):
+        if cfg.dpo.get("init") is not None:
+            raise ConfigError("dpo.init starts a divlab GPT; with a Hugging Face student set dpo.init=null")
+        policy = hf_policy(cfg, datamodule)
+    else:
+        from divlab.tasks.dpo_policy import gpt_policy
+
+        policy = gpt_policy(cfg, datamodule)  # dpo.init: its start, trained once and cached
+    reference = copy.deepcopy(policy)
+    fallback = None
+    if getattr(datamodule, "rejected", "perturbed") == "sampled":
+        from divlab.provision.rejected import use_sampled_rejected
+
+        start = None if cfg.dpo.get("init") is None else {"init": cfg.dpo.init, "seed": int(cfg.seed)}
+        if start is not None:
+            start["init_train"] = OmegaConf.to_container(cfg.dpo.get("init_train") or {}, resolve=True)
+        fallback = use_sampled_rejected(cfg, reference, datamodule, start=start)
+    return DPOTask(
+        model=policy,
+        reference=reference,
+        loss=loss,
+        samples=int(cfg.dpo.get("samples", 0)),
+        temperature=float(cfg.dpo.get("temperature", 1.0)),
+        generate_val=bool(cfg.dpo.get("generate_val", False)),
+        max_new_tokens=datamodule.max_response_tokens,
+        eval_batch_size=2 * datamodule.batch_size,
+        rejected_fallback=None if fallback is None else fallback.get("test"),
+        **optimization(cfg),
+    )
+
+
+def hf_policy(cfg: DictConfig, datamodule):
+    """The Hugging Face policy as built (its pretrained weights are the start), checked against the data."""
+    from divlab.utils.checks import build as build_spec
+
+    if callable(getattr(datamodule, "start_data", None)):
+        raise ConfigError(
+            "data=preference_arith holds a divlab GPT's character tokens; with a Hugging Face student use "
+            "data=preference"
+        )
     policy = build_spec(cfg.student.model)
     if not hasattr(policy, "hidden_states") or not hasattr(policy, "output_weight"):
         raise ConfigError(
@@ -80,31 +126,14 @@ def build(cfg: DictConfig, *, datamodule=None) -> DPOTask:
             f"data.datamodule.tokenizer has {len(datamodule.tokenizer)} tokens but student.model only "
             f"{policy.vocab_size} output rows; use the policy's own tokenizer"
         )
-    reference = copy.deepcopy(policy)
-    fallback = None
-    if getattr(datamodule, "rejected", "perturbed") == "sampled":
-        from divlab.provision.rejected import use_sampled_rejected
-
-        fallback = use_sampled_rejected(cfg, reference, datamodule)
-    return DPOTask(
-        model=policy,
-        reference=reference,
-        loss=loss,
-        samples=int(cfg.dpo.get("samples", 0)),
-        temperature=float(cfg.dpo.get("temperature", 1.0)),
-        generate_val=bool(cfg.dpo.get("generate_val", False)),
-        max_new_tokens=datamodule.max_response_tokens,
-        eval_batch_size=2 * datamodule.batch_size,
-        rejected_fallback=None if fallback is None else fallback.get("test"),
-        **optimization(cfg),
-    )
+    return policy
 
 
 class DPOTask(DPOGenerationEval, DivlabTask):
     def __init__(
         self,
         *,
-        model: nn.Module,  # the policy, a divlab.models.hf.HFCausalLM
+        model: nn.Module,  # the policy: a divlab.models.hf.HFCausalLM or a divlab.tasks.dpo_policy.GPTPolicy
         reference: nn.Module,  # the frozen reference (the start model); outside the module tree
         loss: FDPOLoss,  # f-DPO (divergence, beta)
         optimizer: Callable,  # partial: params -> torch.optim.Optimizer

@@ -4,14 +4,17 @@ At the end of the test epoch (and of every validation epoch when dpo.generate_va
 answers every prompt of the split and the task logs, under `<stage>/`:
 
 - exact_match: % of greedy answers (temperature 0, up to data.datamodule.max_response_tokens tokens) whose
-  final integer is the problem's answer (rows with an "answer"; divlab.metrics.generation.exact_match);
+  final integer is the problem's answer (rows with an "answer"; divlab.metrics.generation.exact_match), or that
+  the data module's `correct(text, answer)` accepts when it has one (data=preference_arith: the answer string);
 - ece: expected calibration error (%, 10 equal-width bins; divlab.metrics.calibration) of the policy's
   confidence in its greedy answer against its correctness. The confidence is the sequence probability of the
   greedy response under the policy, pi_theta(y_greedy | x) = prod_t pi_theta(y_t | x, y_<t) over its tokens,
   eos included (the f-DPO paper, Wang et al. 2023, reports ECE; it states no confidence, this is ours);
   confidence: its mean;
 - on dpo.samples samples per prompt at dpo.temperature: distinct_1, distinct_2 (unique / total n-grams of
-  the sampled response tokens, eos excluded, pooled over the split; divlab.metrics.text.distinct_n), entropy
+  the sampled response tokens, eos excluded, pooled over the split; divlab.metrics.text.distinct_n),
+  distinct_samples (mean over prompts of the share of distinct responses among its samples: 1/n when every
+  sample repeats one answer, 1 when all differ; the diversity of short answers such as arithmetic), entropy
   (mean over the sampled tokens of the policy's per-token entropy H(pi_theta(. | x, y_<t)), nats), and
   kl_seq: the sequence-level KL(pi_theta || pi_ref) estimated on the samples as the mean of
   log pi_theta(y | x) - log pi_ref(y | x) (nats per response; unbiased at dpo.temperature = 1, the default;
@@ -54,6 +57,12 @@ def diversity(samples: list[list[int]], *, eos_id: int) -> dict[str, float]:
     """distinct-1 and distinct-2 of sampled responses (token ids; eos dropped), pooled."""
     content = [[t for t in s if t != eos_id] for s in samples]
     return {"distinct_1": distinct_n(content, 1), "distinct_2": distinct_n(content, 2)}
+
+
+def distinct_samples(samples: list[list[int]], *, n: int) -> float:
+    """Mean over prompts of the share of distinct responses among its n samples (rows i*n .. i*n + n - 1)."""
+    groups = [samples[i : i + n] for i in range(0, len(samples), n)]
+    return sum(len({tuple(s) for s in g}) / len(g) for g in groups) / max(len(groups), 1)
 
 
 class DPOGenerationEval:
@@ -110,8 +119,13 @@ class DPOGenerationEval:
             metrics = {}
             keep = [i for i, a in enumerate(answers) if a is not None]
             if keep:
-                em = exact_match([texts[i] for i in keep], [answers[i] for i in keep])
-                correct = [final_integer(texts[i]) == int(answers[i]) for i in keep]
+                judge = getattr(dm, "correct", None)  # the data's own test (preference_arith: the string)
+                if judge is None:
+                    em = exact_match([texts[i] for i in keep], [answers[i] for i in keep])
+                    correct = [final_integer(texts[i]) == int(answers[i]) for i in keep]
+                else:
+                    correct = [bool(judge(texts[i], answers[i])) for i in keep]
+                    em = sum(correct) / len(correct)
                 confidence = [math.exp(float(logp[i])) for i in keep]
                 metrics["exact_match"] = 100.0 * em
                 metrics["ece"] = 100.0 * expected_calibration_error(confidence, correct, bins=10)
@@ -126,6 +140,7 @@ class DPOGenerationEval:
                 ref_logp, _ = self._score(self.reference, repeated, samples)
                 n_tokens = sum(len(s) for s in samples)
                 metrics.update(diversity(samples, eos_id=eos))
+                metrics["distinct_samples"] = distinct_samples(samples, n=self.samples)
                 metrics["entropy"] = float(entropy.sum()) / max(n_tokens, 1)
                 metrics["kl_seq"] = float((logp - ref_logp).mean())
         finally:

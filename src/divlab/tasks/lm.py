@@ -41,6 +41,7 @@ from divlab.objectives.lm import IGNORE_INDEX, action_mask, lm_loss, lm_targets 
 from divlab.tasks.base import DivlabTask, optimizer_config
 from divlab.tasks.classify import optimization
 from divlab.tasks.lm_eval import LMEvaluation
+from divlab.utils.signals import terminate_on_sigterm
 
 
 def build_student(cfg: DictConfig, datamodule) -> nn.Module:
@@ -297,7 +298,8 @@ class LMTask(LMEvaluation, DivlabTask):
             self.judge.get().to(self.device).eval()
 
     def on_test_epoch_end(self) -> None:
-        self.text_metrics()
+        with terminate_on_sigterm():  # generation reads no Lightning flag: SIGTERM must end it
+            self.text_metrics()
         self._log_eval()
 
     @property

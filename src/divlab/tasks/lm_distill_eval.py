@@ -21,6 +21,7 @@ from torch import nn
 from divlab.data.instruct import response_batch  # noqa: F401  (re-exported: tasks import it from here)
 from divlab.objectives.lm import action_mask
 from divlab.objectives.lm_distill import chunked_nll
+from divlab.utils.signals import terminate_on_sigterm
 
 
 def prompt_rows(batch: dict) -> list[list[int]]:
@@ -65,7 +66,7 @@ class LMDistillEval:
         examples = dm.examples("test")
         prompts, generated = [None] * len(examples), [None] * len(examples)
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), terminate_on_sigterm():
             for batch in dm.prompt_batches("test", batch_size=self.eval_batch_size):
                 new = self.model.generate(
                     batch["input_ids"].to(self.device),
