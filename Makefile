@@ -7,7 +7,7 @@ PYTEST := $(PY) -m pytest -p no:cacheprovider
 
 .PHONY: install demo test test-full lint format bench table clean data-fashion data-text
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile   # a new install line reinstalls
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,sweep,slurm,data,hf,fid]'
