@@ -22,7 +22,7 @@ demo: $(STAMP)          ## digits teacher, CE-only and KD students over seeds 0,
 	$(PY) -m divlab.cli.demo
 
 test: $(STAMP)          ## everything but the runs marked slow
-	$(PYTEST) -m "not slow" -q
+	$(PYTEST) -m "not slow" -q --durations=25
 
 test-full: $(STAMP)     ## every test, slow ones included
 	$(PYTEST) -q

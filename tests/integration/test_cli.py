@@ -37,6 +37,7 @@ def test_cli_unknown_group_option_lists_choices(run_cli):
     assert "Could not find 'divergence/kullback'" in result.stderr and "forward_kl" in result.stderr
 
 
+@pytest.mark.slow  # ~65 s; a ddp_spawn run stays in the fast suite (test_lm_distill_ddp.py)
 def test_multirun_two_jobs_with_ddp_spawn(run_cli, outputs):
     """`-m` over two divergences, each job a 2-process CPU DDP run (ddp_spawn, gloo)."""
     result = run_cli(

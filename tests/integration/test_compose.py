@@ -184,8 +184,16 @@ def build_other_task(cfg, dm) -> None:
     assert trainer is not None
 
 
-# Cases whose build trains proxy models (about two minutes each on the 2-core CI machine): `make test-full` only.
-SLOW_CASES = {("mixer", "grid"), ("mixer", "dml")}
+# Cases whose build trains proxy models (up to two minutes each on the 2-core CI machine; every mixer also trains
+# a tiny LM in tests/integration/test_mixing_runs.py): `make test-full` only.
+SLOW_CASES = {
+    ("mixer", "grid"),
+    ("mixer", "dml"),
+    ("mixer", "doremi"),
+    ("mixer", "skillit"),
+    ("experiment", "mixing/dml"),
+    ("experiment", "mixing/grid"),
+}
 
 
 @pytest.mark.parametrize(

@@ -84,9 +84,11 @@ def build(cfg: DictConfig, *, datamodule=None) -> DPOTask:
     if getattr(datamodule, "rejected", "perturbed") == "sampled":
         from divlab.provision.rejected import use_sampled_rejected
 
-        start = None if cfg.dpo.get("init") is None else {"init": cfg.dpo.init, "seed": int(cfg.seed)}
-        if start is not None:
-            start["init_train"] = OmegaConf.to_container(cfg.dpo.get("init_train") or {}, resolve=True)
+        start = None
+        if cfg.dpo.get("init") is not None:  # the start's identity keys its rejected answers
+            recipe = OmegaConf.to_container(cfg.dpo.get("init_train") or {}, resolve=True)
+            seed = recipe.get("seed") if recipe.get("seed") is not None else cfg.seed  # who trained it
+            start = {"init": cfg.dpo.init, "seed": int(seed), "init_train": recipe}
         fallback = use_sampled_rejected(cfg, reference, datamodule, start=start)
     return DPOTask(
         model=policy,

@@ -37,6 +37,7 @@ from divlab.metrics.generation import exact_match, final_integer
 from divlab.metrics.text import distinct_n
 from divlab.objectives.lm import action_mask
 from divlab.tasks.lm_distill_eval import response_batch, until_eos
+from divlab.utils.signals import terminate_on_sigterm
 
 
 def response_terms(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
@@ -150,5 +151,7 @@ class DPOGenerationEval:
     def log_generation_metrics(self, stage: str) -> None:
         if self.trainer.sanity_checking:
             return
-        for name, value in self.generation_metrics(stage).items():
+        with terminate_on_sigterm():  # generation reads no Lightning flag: SIGTERM must end it
+            metrics = self.generation_metrics(stage)
+        for name, value in metrics.items():
             self.log(f"{stage}/{name}", float(value))
