@@ -40,8 +40,10 @@ all equal has A = 0), and the objective, maximised, is (their Eq. 3)
   solves 8/8 that gets the divergence, the rest plain PPO-clip). The estimator above is the generator form the
   issue names ("u - log u - 1 with u = pi_theta / pi_ref on the rehearsal samples"); it is per token (the
   per-token sum is an unbiased estimate of the sequence-level forward KL by the chain rule; for JS it is the
-  sum of per-state JS, not the sequence-level JS). divlab's rehearsal set is every sample of the initial policy
-  on the RL prompts, not only D_pef's correct samples; the D_pef/D_exp split is not implemented.
+  sum of per-state JS, not the sequence-level JS). By default divlab's rehearsal set is one sample of the
+  initial policy per RL prompt and every prompt gets the surrogate; with rlvr.split (divlab.tasks.rlvr_split)
+  it is DPH-RL's: the surrogate on D_exp's groups only, the divergence on D_pef's correct start samples only
+  (this loss is unchanged: the task chooses what it is given).
 
 All log-probabilities are float32 per-token values of the sampled tokens; ratios are formed in log space and
 clamped to |log ratio| <= LOG_RATIO_CLAMP before exponentiation. tests/unit/test_grpo.py checks the advantages,

@@ -6,7 +6,9 @@ completions of each from the current policy (pi_old), scores them with the verif
 divlab.tasks.rlvr_rollout) and takes `rlvr.updates_per_batch` optimiser steps on the clipped GRPO objective
 (Eq. 3 there) with the same samples (the first step has ratio 1; later ones are clipped at `rlvr.clip`). The
 divergence term (`rlvr.divergence`, weight `rlvr.beta`) is none, reverse_kl (k3 on the policy's samples, GRPO's
-default) or DPH-RL's forward_kl / js on `rlvr.rehearsal_batch` rows of the rehearsal set.
+default) or DPH-RL's forward_kl / js on `rlvr.rehearsal_batch` rows of the rehearsal set. With the optional
+`rlvr.split` (absent: off) the training problems are split once by the start's pass rate into D_pef, whose correct
+start samples are the rehearsal set, and D_exp, the only RL prompts (DPH-RL; divlab.tasks.rlvr_split).
 
 Start policy and reference. `rlvr.init: auto` starts from an MLE model of the student's architecture trained
 once by `rlvr.init_train` on the run's data and cached like a teacher (seqmatch.init's mechanism,
@@ -56,6 +58,7 @@ from divlab.tasks.rlvr_rollout import (
     sample_completions,
     token_logps,
 )
+from divlab.tasks.rlvr_split import check_split, check_split_sets, sample_split
 from divlab.utils.hashing import stable_hash
 
 INTS = {  # rlvr.* integer settings and their least value
@@ -120,6 +123,9 @@ def rehearsal_path(cfg: DictConfig) -> Path:
             "seed": cfg.seed,
         }.items()
     }
+    split = check_split(r.get("split"))
+    if split is not None:  # only then: the paths (and hashes) of runs without a split are unchanged
+        key["split"] = split
     return Path(cfg.paths.output_root) / "rehearsal" / f"{stable_hash(key)}.pt"
 
 
@@ -154,6 +160,7 @@ def build(cfg: DictConfig, *, datamodule=None) -> RLVRTask:
         raise ConfigError("rlvr.init starts a divlab GPT; with a Hugging Face student set rlvr.init=null")
     start = None if r.init is None else functools.partial(start_from_behaviour_cloning, cfg, section="rlvr")
     loss = GRPOLoss(clip=r.clip, beta=r.beta, divergence=r.divergence)
+    split = check_split(r.get("split"))
     return RLVRTask(
         model=model,
         tokenizer=datamodule.tokenizer,
@@ -162,7 +169,8 @@ def build(cfg: DictConfig, *, datamodule=None) -> RLVRTask:
         reward_name=str(r.reward),
         train_ops=train_ops,
         start=start,
-        rehearsal_path=rehearsal_path(cfg) if loss.uses_rehearsal else None,
+        rehearsal_path=rehearsal_path(cfg) if loss.uses_rehearsal or split else None,
+        split=split,
         **{k: r[k] for k in INTS},
         temperature=float(r.temperature),
         pass_k=sorted({1, *r.pass_k}),
@@ -183,7 +191,8 @@ class RLVRTask(RLVREvaluation, DivlabTask):
         reward_name: str,  # rlvr.reward, for messages
         train_ops: str,  # operations whose problems RL trains on; the others measure forgetting
         start: Callable[[nn.Module], None] | None,  # loads the start weights into the policy (None: as built)
-        rehearsal_path: Path | None,  # the cached rehearsal set (forward_kl, js); None: not used
+        rehearsal_path: Path | None,  # the cached rehearsal set (forward_kl, js) or split; None: not used
+        split: dict | None = None,  # rlvr.split {samples, pef_threshold} (DPH-RL's D_pef / D_exp); None: off
         group_size: int = 8,  # G samples per prompt
         prompts_per_step: int = 16,  # prompts per sampling round
         updates_per_batch: int = 1,  # optimiser steps per sampling round (mu of GRPO)
@@ -200,7 +209,9 @@ class RLVRTask(RLVREvaluation, DivlabTask):
         super().__init__(seed=seed, task_name="rlvr", best_metric="val/pass_at_1", best_mode="max")
         self.model, self.tokenizer, self.loss = model, tokenizer, loss
         self.reward, self.reward_name, self.train_ops, self.start = reward, reward_name, train_ops, start
-        self.rehearsal_path = rehearsal_path
+        self.rehearsal_path, self.split = rehearsal_path, split
+        self.exp_idx: torch.Tensor | None = None  # D_exp: indices of the RL prompts under a split (None: all)
+        self.pef_fraction: float | None = None  # |D_pef| / problems, logged as train/pef_fraction
         self.group_size, self.prompts_per_step = group_size, prompts_per_step
         self.updates_per_batch, self.max_new_tokens = updates_per_batch, max_new_tokens
         self.n_eval_samples, self.temperature, self.pass_k = n_eval_samples, temperature, list(pass_k)
@@ -233,7 +244,13 @@ class RLVRTask(RLVREvaluation, DivlabTask):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        if self.rehearsal_path is not None and self.rehearsal is None:
+        if self.split is not None and self.exp_idx is None:
+            data = load_or_sample_rehearsal(self.rehearsal_path, self.sample_split)
+            check_split_sets(data, self.split["pef_threshold"], self.loss.uses_rehearsal, self.loss.name)
+            self.exp_idx = torch.nonzero(~data["pef"], as_tuple=True)[0]
+            self.pef_fraction = float(data["pef"].float().mean())
+            self.rehearsal = data if self.loss.uses_rehearsal else None
+        elif self.rehearsal_path is not None and self.rehearsal is None:
             self.rehearsal = load_or_sample_rehearsal(self.rehearsal_path, self.sample_rehearsal)
 
     def training_prompts(self) -> dict:
@@ -273,12 +290,31 @@ class RLVRTask(RLVREvaluation, DivlabTask):
             "ref_logp": ref_logp.cpu(),
         }
 
+    def sample_split(self) -> dict:
+        """DPH-RL's D_pef / D_exp split and D_pef's rehearsal rows, from the start policy (rlvr_split)."""
+        return sample_split(
+            self.reference,
+            self.training_prompts(),
+            **self.split,
+            reward=self.reward,
+            reward_name=self.reward_name,
+            tokenizer=self.tokenizer,
+            temperature=self.temperature,
+            max_new_tokens=self.max_new_tokens,
+            never=self.never,
+            generator=self.generator(0, stream=5, device=self.device),
+            device=self.device,
+        )
+
     # ------------------------------------------------------------------ training
     @torch.no_grad()
     def sample_groups(self) -> dict:
         """One sampling round: prompts_per_step prompts x G completions, rewards, advantages, old/ref log-probs."""
         pool, step = self.training_prompts(), self.global_step
-        idx = torch.randint(len(pool["answers"]), (self.prompts_per_step,), generator=self.generator(step))
+        rl = self.exp_idx  # under a split only D_exp problems get RL; None: every problem
+        count = len(pool["answers"]) if rl is None else len(rl)
+        idx = torch.randint(count, (self.prompts_per_step,), generator=self.generator(step))
+        idx = idx if rl is None else rl[idx]
         done = sample_completions(
             self.model,
             pool["tokens"][idx].to(self.device),
@@ -333,6 +369,8 @@ class RLVRTask(RLVREvaluation, DivlabTask):
             n = len(g["reward"])
             self.track("reward", g["reward"].mean(), n)
             self.track("ended", g["done"].ended.float().mean(), n)
+            if self.pef_fraction is not None:
+                self.track("pef_fraction", torch.tensor(self.pef_fraction), 1)
         self._uses_left -= 1
         g = self._groups
         done = g["done"]

@@ -17,7 +17,7 @@ from divlab.errors import ConfigError
 
 # Keys of a task section that the task file leaves unset on purpose (so that configs without them keep
 # their hash) but that experiment files may set; see the comment at the top of conf/task/distill.yaml.
-OPTIONAL_SECTION_KEYS = {"distill": ("terms",), "dpo": ("init", "init_train")}  # dpo: the GPT start
+OPTIONAL_SECTION_KEYS = {"distill": ("terms",), "dpo": ("init", "init_train"), "rlvr": ("split",)}
 # Groups only some tasks read (not listed in task.uses): the tasks that read them.
 TASK_ONLY_GROUPS = {"mixer": ("mix_lm",), "judge": ("lm", "seqmatch", "mix_lm", "lm_distill")}
 # Integer model settings whose value 0 builds a model with nothing to train (a hidden layer of width 0).
