@@ -8,28 +8,10 @@ import textwrap
 
 import pytest
 import torch
+from rlvr_tiny import TINY
 
 from divlab.errors import ConfigError
 from divlab.runner import run
-
-TINY = [
-    "task=rlvr",
-    "data.datamodule.n_train=96",
-    "data.datamodule.n_val=16",
-    "data.datamodule.n_test=16",
-    "data.datamodule.batch_size=16",
-    "rlvr.init_train.max_epochs=1",
-    "rlvr.group_size=4",
-    "rlvr.prompts_per_step=4",
-    "rlvr.updates_per_batch=2",
-    "rlvr.max_new_tokens=5",
-    "rlvr.rehearsal_size=12",
-    "rlvr.rehearsal_batch=6",
-    "rlvr.n_eval_samples=8",
-    "rlvr.pass_k=[1,4,8]",
-    "optimizer.lr=0.001",
-    "callbacks=none",
-]
 
 
 def test_cli_forward_kl_run_writes_pass_at_k_and_reuses_its_rehearsal_set(

@@ -8,28 +8,11 @@ import textwrap
 
 import pytest
 import torch
+from rlvr_tiny import TINY
 
 from divlab.runner import run
 from divlab.tasks.rlvr_rollout import problem_texts
 from divlab.utils.hashing import run_config_hash
-
-TINY = [
-    "task=rlvr",
-    "data.datamodule.n_train=96",
-    "data.datamodule.n_val=16",
-    "data.datamodule.n_test=16",
-    "data.datamodule.batch_size=16",
-    "rlvr.init_train.max_epochs=1",
-    "rlvr.group_size=4",
-    "rlvr.prompts_per_step=4",
-    "rlvr.updates_per_batch=2",
-    "rlvr.max_new_tokens=5",
-    "rlvr.rehearsal_batch=6",
-    "rlvr.n_eval_samples=8",
-    "rlvr.pass_k=[1,4,8]",
-    "optimizer.lr=0.001",
-    "callbacks=none",
-]
 
 
 @pytest.fixture
