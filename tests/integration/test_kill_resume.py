@@ -83,8 +83,15 @@ def test_killed_run_resumes_from_its_last_epoch_with_the_same_metrics_and_full_h
         seen = checkpoint_epoch(found[0]) if found else None
         # Lightning logs an epoch's train/* means just after its last.ckpt: kill once they are written too
         if seen is not None and seen >= epoch and logged(found[0].parents[1], "train/loss", seen):
-            os.kill(proc.pid, signal.SIGKILL)
-            break
+            # freeze the run and look again: the next epoch may have logged its validation row (before its
+            # last.ckpt) while we read; kill only at an epoch boundary, else let it go on
+            os.kill(proc.pid, signal.SIGSTOP)
+            now = checkpoint_epoch(found[0])
+            validated = {int(r["epoch"]) for r in rows(found[0].parents[1]) if r["val/acc"]}
+            if now is not None and now == max(validated) and logged(found[0].parents[1], "train/loss", now):
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            os.kill(proc.pid, signal.SIGCONT)
         time.sleep(0.02)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, f"the run ended before last.ckpt of epoch {epoch}: {seen}"
